@@ -1,0 +1,285 @@
+"""The SWIM core's rules, driven directly through `CoreNet` (no trio, exact times)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gossip import wire
+from gossip.config import LAN, LOCAL
+from gossip.core import Swim
+from gossip.types import MemberState
+
+from .corenet import CoreNet
+
+ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
+
+
+def test_join_through_seed_converges_small_cluster():
+    net = CoreNet(LOCAL)
+    names = net.cluster(5)
+    net.run_until(5.0)
+    for viewer in names:
+        assert [m.name for m in net.nodes[viewer].members() if m.state is ALIVE] == names
+
+
+def test_frozen_node_is_suspected_then_declared_dead_by_everyone():
+    net = CoreNet(LOCAL)
+    names = net.cluster(6)
+    net.run_until(5.0)
+    net.frozen.add("n3")
+    net.run_until(6.0)
+    # Within a second at least one node has suspected it.
+    assert any(e.node == "n3" and e.new is SUSPECT for _, e in net.events)
+    net.run_until(15.0)
+    for viewer in names:
+        if viewer != "n3":
+            assert net.state(viewer, "n3") is DEAD
+            assert all(net.state(viewer, o) is ALIVE for o in names if o not in ("n3",))
+
+
+def test_suspect_refutes_with_higher_incarnation():
+    net = CoreNet(LOCAL.with_overrides(suspicion_mult=6))
+    names = net.cluster(4)
+    net.run_until(3.0)
+    before = net.nodes["n2"].incarnation
+    # n2 is unreachable for a moment, shorter than the suspicion timeout: it is suspected,
+    # hears of it once the link is back, and refutes before anyone declares it dead.
+    for other in ("n0", "n1", "n3"):
+        net.cut(other, "n2")
+    net.run_until(4.0)
+    assert any(e.node == "n2" and e.new is SUSPECT for _, e in net.events)
+    net.heal()
+    net.run_until(12.0)
+    assert net.nodes["n2"].incarnation > before
+    assert any(e.node == "n2" and e.reason == "refute" for _, e in net.events)
+    for viewer in names:
+        assert net.state(viewer, "n2") is ALIVE
+    assert not any(e.new is DEAD for _, e in net.events)
+
+
+def test_buddy_ping_carries_suspicion_to_the_suspect():
+    cfg = LOCAL
+    a = Swim(cfg, "a", ("h", 1), rng=random.Random(1), now=0.0)
+    b_addr = ("h", 2)
+    a.receive_packet(wire.encode_packet([wire.encode_message(wire.Alive("b", 1, b_addr, {}))]), b_addr, 0.0)
+    a.receive_packet(wire.encode_packet([wire.encode_message(wire.Suspect("b", 1, "c"))]), ("h", 3), 0.0)
+    a.pop_packets()
+    t = 0.0
+    while True:  # run until a pings b
+        t = a.next_deadline()
+        a.handle_timer(t)
+        pings = [(d, addr) for d, addr in a.pop_packets() if addr == b_addr]
+        if pings:
+            break
+    msgs = wire.decode_packet(pings[0][0])
+    assert isinstance(msgs[0], wire.Ping)
+    assert any(isinstance(m, wire.Suspect) and m.name == "b" for m in msgs)
+
+
+def test_suspicion_timeout_shrinks_with_confirmations():
+    n = 10
+    lo, hi = LAN.suspicion_bounds(n)
+    k = LAN.expected_confirmations(n)
+    from gossip.suspicion import Suspicion
+
+    s = Suspicion("a", k, lo, hi, start=0.0)
+    assert s.deadline == pytest.approx(hi)
+    assert s.confirm("b")
+    mid = s.deadline
+    assert lo < mid < hi
+    assert not s.confirm("b"), "the same confirmer twice is not independent"
+    assert s.confirm("c")
+    assert s.deadline == pytest.approx(lo)
+    assert not s.confirm("d"), "beyond k confirmations nothing changes"
+
+
+def test_confirmations_counted_when_several_members_suspect():
+    net = CoreNet(LOCAL)
+    names = net.cluster(8)
+    net.run_until(5.0)
+    net.frozen.add("n5")
+    net.run_until(20.0)
+    deaths = [e for _, e in net.events if e.node == "n5" and e.new is DEAD and e.reason == "suspicion-timeout"]
+    assert deaths, "someone's suspicion timer declared n5 dead"
+    assert max(e.detail["confirmations"] for e in deaths) >= 1
+    assert sum(net.nodes[v].stats().get("suspicion_confirmations", 0) for v in names if v != "n5") > 0
+
+
+def test_graceful_leave_is_recorded_as_left_not_dead():
+    net = CoreNet(LOCAL)
+    names = net.cluster(5)
+    net.run_until(3.0)
+    net.nodes["n4"].leave(net.now)
+    net._collect("n4")
+    net.run_until(4.0)
+    net.crash("n4")
+    net.run_until(10.0)
+    for viewer in names[:4]:
+        assert net.state(viewer, "n4") is LEFT
+    assert not any(e.node == "n4" and e.new is DEAD for _, e in net.events)
+
+
+def test_restart_with_higher_incarnation_rejoins():
+    net = CoreNet(LOCAL)
+    names = net.cluster(4)
+    net.run_until(3.0)
+    old = net.nodes["n3"].incarnation
+    net.crash("n3")
+    net.run_until(15.0)
+    assert all(net.state(v, "n3") is DEAD for v in names[:3])
+    # The identity store hands a restarted node an incarnation above its last one.
+    net.add("n3", incarnation=old + 1, join=["n0"])
+    net.run_until(20.0)
+    for viewer in names:
+        assert net.state(viewer, "n3") is ALIVE
+        assert net.nodes[viewer].member("n3").incarnation >= old + 1
+
+
+def test_restart_without_persisted_incarnation_refutes_its_own_death():
+    net = CoreNet(LOCAL)
+    names = net.cluster(4)
+    net.run_until(3.0)
+    net.nodes["n3"].update_meta({"role": "mm", "bump": 1}, net.now)  # incarnation 2
+    net._collect("n3")
+    net.run_until(4.0)
+    net.crash("n3")
+    net.run_until(15.0)
+    net.add("n3", incarnation=1, join=["n0"])  # lost its data dir
+    net.run_until(25.0)
+    assert net.nodes["n3"].incarnation > 2
+    for viewer in names:
+        assert net.state(viewer, "n3") is ALIVE
+
+
+def test_round_robin_probes_every_member_once_per_round():
+    cfg = LOCAL
+    a = Swim(cfg, "a", ("h", 100), rng=random.Random(7), now=0.0)
+    others = [f"m{i}" for i in range(7)]
+    for i, name in enumerate(others):
+        a.receive_packet(wire.encode_packet([wire.encode_message(wire.Alive(name, 1, ("h", i + 1), {}))]), ("h", i + 1), 0.0)
+    addr_name = {("h", i + 1): n for i, n in enumerate(others)}
+    a.pop_packets()
+    probed = []
+    t = 0.0
+    while len(probed) < 3 * len(others):
+        t = a.next_deadline()
+        a.handle_timer(t)
+        for data, addr in a.pop_packets():
+            msgs = wire.decode_packet(data)
+            if msgs and isinstance(msgs[0], wire.Ping):
+                probed.append(addr_name[addr])
+                # answer at once so nobody becomes suspect
+                a.receive_packet(wire.encode_packet([wire.encode_message(wire.Ack(msgs[0].seq, addr_name[addr]))]), addr, t)
+    rounds = [probed[i : i + 7] for i in range(0, 21, 7)]
+    for r in rounds:
+        assert sorted(r) == sorted(others), "each round probes every member exactly once"
+    assert rounds[0] != rounds[1] or rounds[1] != rounds[2], "the order is reshuffled at each wrap"
+
+
+def test_each_update_is_retransmitted_a_bounded_number_of_times():
+    from gossip.broadcast import BroadcastQueue
+
+    q = BroadcastQueue()
+    q.put("x", b"x" * 10)
+    sent = 0
+    while q.take(1000, limit=5):
+        sent += 1
+    assert sent == 5
+    assert LOCAL.retransmit_limit(9) == 4 and LOCAL.retransmit_limit(10) == 8
+
+
+def test_newer_update_about_a_node_replaces_the_older():
+    from gossip.broadcast import BroadcastQueue
+
+    q = BroadcastQueue()
+    q.put("x", b"old")
+    q.put("y", b"yy")
+    q.put("x", b"new")
+    assert len(q) == 2
+    assert sorted(q.take(1000, limit=3)) == [b"new", b"yy"]
+
+
+def test_least_sent_updates_go_first():
+    from gossip.broadcast import BroadcastQueue
+
+    q = BroadcastQueue()
+    q.put("a", b"a" * 10)
+    assert q.take(1000, limit=10) == [b"a" * 10]
+    q.put("b", b"b" * 10)
+    assert q.take(15, limit=10) == [b"b" * 10], "b was sent fewer times, so it wins the room"
+
+
+def test_packets_never_exceed_max_packet_under_heavy_churn():
+    net = CoreNet(LAN)
+    net.cluster(60)
+    sizes = []
+    orig = net._collect
+
+    def spy(name):
+        node = net.nodes[name]
+        pk = node.pop_packets()
+        sizes.extend(len(d) for d, _ in pk)
+        node._packets.extend(pk)
+        orig(name)
+
+    net._collect = spy
+    net.run_until(10.0)
+    assert sizes and max(sizes) <= LAN.max_packet
+    assert max(sizes) > 1000, "updates are packed several to a datagram"
+
+
+def test_malformed_and_unknown_version_packets_are_dropped_and_counted():
+    a = Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0)
+    before = a.members()
+    a.receive_packet(b"\xff\x00garbage", ("h", 9), 0.0)
+    a.receive_packet(wire.encode_packet([b"\x83\x04\x01"]), ("h", 9), 0.0)  # truncated alive
+    import cbor2
+
+    a.receive_packet(cbor2.dumps([99, []]), ("h", 9), 0.0)
+    a.receive_state(b"not cbor", ("h", 9), 0.0, respond=True)
+    assert a.stats()["dropped_malformed"] == 3
+    assert a.stats()["dropped_version"] == 1
+    assert a.members() == before
+
+
+def test_misaddressed_ping_gets_no_ack():
+    a = Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0)
+    a.pop_packets()
+    a.receive_packet(wire.encode_packet([wire.encode_message(wire.Ping(5, "someone-else", "b"))]), ("h", 2), 0.0)
+    assert a.pop_packets() == []
+
+
+def test_oversized_metadata_is_refused():
+    a = Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0)
+    with pytest.raises(ValueError, match="limit"):
+        a.update_meta({f"k{i}": "x" * 60 for i in range(10)}, 1.0)
+    assert a.incarnation == 1
+
+
+def test_meta_update_is_gossiped_with_a_higher_incarnation():
+    net = CoreNet(LOCAL)
+    names = net.cluster(3)
+    net.run_until(2.0)
+    net.nodes["n1"].update_meta({"role": "exchange", "http": "http://x"}, net.now)
+    net._collect("n1")
+    net.run_until(3.0)
+    for v in names:
+        assert net.nodes[v].member("n1").meta["role"] == "exchange"
+
+
+def test_partition_heals_through_reconnect_to_dead_members():
+    net = CoreNet(LOCAL)
+    names = net.cluster(6)
+    net.run_until(3.0)
+    left, right = names[:3], names[3:]
+    for a in left:
+        for b in right:
+            net.cut(a, b)
+    net.run_until(20.0)
+    assert net.state("n0", "n4") is DEAD and net.state("n4", "n0") is DEAD
+    net.heal()
+    net.run_until(40.0)
+    for v in names:
+        assert {m.name for m in net.nodes[v].members() if m.state is ALIVE} == set(names)
