@@ -48,6 +48,7 @@ class GossipNode:
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self.core: Swim | None = None
         self._wakeup = trio.Event()
+        self._sleeping_until = -float("inf")
         self._nursery: trio.Nursery | None = None
         self._persisted_incarnation = incarnation
         # One sender task drains this, so the core's outputs never wait on the network.
@@ -154,11 +155,15 @@ class GossipNode:
     async def _timer_loop(self) -> None:
         core = self._need_core()
         while True:
-            deadline = core.next_deadline()
-            if deadline > trio.current_time():
-                with trio.move_on_at(deadline):
+            self._wakeup = trio.Event()
+            self._sleeping_until = core.next_deadline()
+            if self._sleeping_until > trio.current_time():
+                with trio.move_on_at(self._sleeping_until):
                     await self._wakeup.wait()
-                self._wakeup = trio.Event()
+            else:
+                # Never spin without a checkpoint, even if a deadline stays in the past.
+                await trio.lowlevel.checkpoint()
+            self._sleeping_until = -float("inf")
             core.handle_timer(trio.current_time())
             self._flush()
 
@@ -186,8 +191,9 @@ class GossipNode:
             self._persisted_incarnation = core.incarnation
             if self._on_incarnation is not None:
                 self._on_incarnation(core.incarnation)
-        # A call from outside may have moved the next deadline earlier.
-        self._wakeup.set()
+        # A packet or a call may have moved the next deadline earlier than the timer sleeps for.
+        if core.next_deadline() < self._sleeping_until:
+            self._wakeup.set()
 
     def _send_soon(self, data: bytes, addr: Address) -> None:
         try:

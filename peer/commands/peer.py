@@ -1,0 +1,158 @@
+"""`murmur peer`: run one peer in the foreground (for a LAN, or by hand next to a launch)."""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from peer.addresses import format_address
+from peer.commands._common import (
+    address_arg,
+    address_list_arg,
+    overrides_from,
+    profile_arg,
+    reachable_address_arg,
+    set_arg,
+    single_leaf,
+)
+from peer.runner import ROLES, PeerOptions, run_peer
+
+NAME = "peer"
+HELP = "run one peer in the foreground"
+DESCRIPTION = """\
+Run one peer in the foreground until Ctrl-C (or SIGTERM); it then leaves the cluster gracefully,
+so the others record it as `left`, not `dead`.
+
+The peer keeps its name and incarnation in --data-dir, so a restarted peer rejoins under the
+same name with a higher incarnation. Logs are JSON lines on stderr and in <data-dir>/<name>.log;
+the `peer_started` line says where its gossip and HTTP endpoints are.
+
+A peer that seems stuck: `kill -USR1 <pid>` writes every thread's stack to its stderr.
+
+examples:
+  murmur peer --role mm --name mm-1 --bind 127.0.0.1:7946 --http 127.0.0.1:8080
+  murmur peer --role mm --name mm-2 --bind 127.0.0.1:7947 --join 127.0.0.1:7946
+  murmur peer --role exchange --bind 192.168.1.10:7946 --http 192.168.1.10:8080 --discover
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--role", required=True, choices=ROLES, help="what this peer does")
+    p.add_argument(
+        "--name",
+        help="node name, unique in the cluster (default: the one kept in --data-dir, or "
+        "<role>-<random> the first time)",
+    )
+    p.add_argument(
+        "--bind",
+        type=reachable_address_arg,
+        default=("127.0.0.1", 7946),
+        metavar="HOST:PORT",
+        help="gossip address (UDP packets and TCP push-pull on the same port); other peers "
+        "reach this peer there, so use a concrete address, not 0.0.0.0 (default: "
+        "127.0.0.1:7946; port 0 picks a free one)",
+    )
+    p.add_argument(
+        "--http",
+        type=address_arg,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="HTTP API address: /health /status /members /metrics (default: 127.0.0.1:0, "
+        "a free port, logged in peer_started)",
+    )
+    p.add_argument(
+        "--join",
+        type=address_list_arg,
+        action="extend",
+        default=[],
+        metavar="HOST:PORT,...",
+        help="gossip addresses of peers to join through (any live one is enough; retried "
+        "until one answers)",
+    )
+    p.add_argument(
+        "--discover",
+        action="store_true",
+        help="find peers of the same --cluster on the LAN by zeroconf/mDNS (no --join needed)",
+    )
+    p.add_argument(
+        "--cluster",
+        default="murmur",
+        help="cluster name for --discover; peers of other clusters are ignored (default: murmur)",
+    )
+    p.add_argument(
+        "--interfaces",
+        default="all",
+        metavar="all|default|IP,...",
+        help="network interfaces for --discover (default: all)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the peer keeps identity.json, its log and peer.json "
+        "(default: ./data/<name>, or ./data/<role> without --name)",
+    )
+    p.add_argument(
+        "--profile",
+        type=profile_arg,
+        default="lan",
+        help="protocol timings: lan (memberlist LAN defaults, probe 1 s) or local "
+        "(probe 200 ms, for many peers on one machine) (default: lan)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        type=set_arg,
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one protocol parameter of the profile, e.g. --set probe_interval=0.5 "
+        "(repeatable)",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="do not copy log lines to stderr (they still go to <data-dir>/<name>.log)",
+    )
+    p.add_argument("--seed", type=int, help="seed of the protocol's randomness (for replays)")
+
+
+def options_from(args: argparse.Namespace) -> PeerOptions:
+    return PeerOptions(
+        role=args.role,
+        name=args.name,
+        bind=args.bind,
+        http=args.http,
+        join=list(args.join),
+        discover=args.discover,
+        cluster=args.cluster,
+        interfaces=args.interfaces,
+        data_dir=args.data_dir,
+        profile=args.profile,
+        overrides=overrides_from(args.overrides),
+        log_stderr=not args.quiet,
+        seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = options_from(args)
+    # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a peer that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        trio.run(run_peer, opts)
+    except (Exception, BaseExceptionGroup) as exc:
+        leaf = single_leaf(exc)
+        # The usual ones: the address is taken or not on this host; an unreadable data dir.
+        if isinstance(leaf, OSError):
+            where = f"gossip {format_address(opts.bind)}, http {format_address(opts.http)}"
+            print(f"murmur peer: cannot start ({where}): {leaf}", file=sys.stderr)
+            return 1
+        if isinstance(leaf, RuntimeError) and leaf is exc:  # e.g. an unreadable identity.json
+            print(f"murmur peer: cannot start: {leaf}", file=sys.stderr)
+            return 1
+        raise
+    return 0

@@ -1,0 +1,269 @@
+"""One peer process: identity, UDP transport, gossip node, HTTP API, discovery, clean stop.
+
+What it is for: `murmur peer` and every process `murmur launch` starts call `run_peer`. It wires
+the gossip shell to the data directory (name and incarnation survive restarts), to the JSON log
+and to HTTP; on SIGINT or SIGTERM it leaves the cluster gracefully (others record `left`, not
+`dead`), stops HTTP and returns. It must never hold membership logic of its own: the view is
+the node's, this module only starts, reports and stops things.
+
+Files in the data directory: `identity.json` (gossip.identity), `<name>.log` (JSON lines) and
+`peer.json` (this run's pid and bound addresses, written once the peer is up, removed on a clean
+stop) so that a launcher or a person can find a peer started with port 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gossip.config import PROTOCOL_VERSION, profile
+from gossip.identity import Identity, IdentityStore
+from gossip.types import Address
+from peer.addresses import format_address, http_url, is_unspecified
+from peer.dirlock import lock_directory
+from peer.http import PeerHandle, create_app, serve_http
+from peer.logs import JsonLog, wall_iso
+
+ROLES = ("mm", "exchange", "ledger")
+PEER_FILE = "peer.json"
+# Bound on the graceful leave broadcast: long enough for a few gossip rounds on a LAN.
+LEAVE_BOUND = 1.0
+# How often newly discovered addresses are handed to the node as seeds.
+DISCOVERY_POLL = 1.0
+# Once asked to stop, the process is gone within this, even if something inside stops yielding
+# to trio (then cancellation cannot reach it): a watchdog thread logs and exits hard.
+STOP_WATCHDOG = 5.0
+EXIT_STUCK = 70
+
+
+@dataclass
+class PeerOptions:
+    role: str
+    name: str | None = None
+    bind: Address = ("127.0.0.1", 7946)
+    http: Address = ("127.0.0.1", 0)
+    join: list[Address] = field(default_factory=list)
+    discover: bool = False
+    cluster: str = "murmur"
+    # Interfaces for mDNS: "all", "default" or a comma-separated list of addresses.
+    interfaces: str = "all"
+    data_dir: Path | None = None
+    profile: str = "lan"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    # JSON lines on stderr too (the launcher turns this off and keeps only the file).
+    log_stderr: bool = True
+    seed: int | None = None
+    # Seconds a stop may take before the process exits hard; None for peers run in-process.
+    stop_watchdog: float | None = STOP_WATCHDOG
+
+    def resolved_data_dir(self) -> Path:
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        return Path("data") / (self.name or self.role)
+
+
+def write_peer_file(data_dir: Path, info: dict[str, Any]) -> None:
+    path = data_dir / PEER_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_peer_file(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((Path(data_dir) / PEER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+async def run_peer(
+    opts: PeerOptions,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one peer until SIGINT/SIGTERM (or `stop`), then leave gracefully and return.
+
+    Reports (via `nursery.start`) the dict also written to `peer.json`. Raises DirectoryInUse
+    if another live peer holds the data directory.
+    """
+    data_dir = opts.resolved_data_dir()
+    with lock_directory(data_dir, "peer"):
+        await _run_peer(opts, data_dir, stop, task_status)
+
+
+async def _run_peer(
+    opts: PeerOptions,
+    data_dir: Path,
+    stop: trio.Event | None,
+    task_status: trio.TaskStatus[dict[str, Any]],
+) -> None:
+    # Imported here so that `murmur members --help` does not pay for the gossip stack.
+    from gossip.node import GossipNode
+    from gossip.udp import UdpTransport
+
+    if opts.role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {opts.role!r}")
+    config = profile(opts.profile, **opts.overrides)
+    store = IdentityStore(data_dir)
+    identity = store.start(opts.name, prefix=opts.role)
+    name = identity.name
+    log = JsonLog(
+        name, stream=sys.stderr if opts.log_stderr else None, path=data_dir / f"{name}.log"
+    )
+    if stop is None:
+        stop = trio.Event()
+    # Core time -> wall time for `changed_at`: the node stamps members with trio.current_time().
+    handle = PeerHandle(
+        role=opts.role,
+        profile=config.name,
+        clock_offset=time.time() - trio.current_time(),
+    )
+
+    def on_event(ev) -> None:
+        handle.record_event(ev)
+        log.member_event(ev)
+
+    def on_incarnation(incarnation: int) -> None:
+        store.record(Identity(name, incarnation))
+        log("incarnation_persisted", incarnation=incarnation)
+
+    watchdog: threading.Timer | None = None
+    try:
+        with log, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_wait_for_signal, signals, stop, log)
+
+                transport = UdpTransport(opts.bind, stream_timeout=config.stream_timeout)
+                gossip_addr = await nursery.start(transport.run)
+                handle.transport = transport
+
+                http_stop = trio.Event()
+                app = create_app(handle)
+                bound_url = await nursery.start(
+                    partial(serve_http, app, opts.http, http_stop, log=log)
+                )
+                handle.http_url = _advertised_url(bound_url, opts.http, gossip_addr)
+
+                meta = {"role": opts.role, "http": handle.http_url, "version": PROTOCOL_VERSION}
+                seeds = [a for a in opts.join if a != gossip_addr]
+                node = GossipNode(
+                    transport,
+                    config,
+                    name,
+                    identity.incarnation,
+                    meta,
+                    seeds=seeds,
+                    seed=opts.seed,
+                    on_event=on_event,
+                    on_incarnation=on_incarnation,
+                )
+                await nursery.start(node.run)
+                handle.node = node
+
+                if opts.discover:
+                    await _start_discovery(nursery, node, opts, gossip_addr, log)
+
+                info = {
+                    "name": name,
+                    "role": opts.role,
+                    "pid": os.getpid(),
+                    "incarnation": identity.incarnation,
+                    "gossip": format_address(node.addr),
+                    "http": handle.http_url,
+                    "profile": config.name,
+                    "data_dir": str(data_dir),
+                    "started_at": wall_iso(),
+                }
+                write_peer_file(data_dir, info)
+                log(
+                    "peer_started",
+                    role=opts.role,
+                    incarnation=identity.incarnation,
+                    gossip=info["gossip"],
+                    http=handle.http_url,
+                    profile=config.name,
+                    seeds=[format_address(s) for s in seeds],
+                    discover=opts.discover,
+                    data_dir=str(data_dir),
+                    pid=os.getpid(),
+                )
+                task_status.started(info)
+
+                await stop.wait()
+                if opts.stop_watchdog is not None:
+                    watchdog = _start_watchdog(log, opts.stop_watchdog)
+                log("peer_stopping", members=node.counts())
+                with trio.move_on_after(LEAVE_BOUND) as leave_scope:
+                    await node.leave()
+                log("peer_left", completed=not leave_scope.cancelled_caught)
+                http_stop.set()
+                nursery.cancel_scope.cancel()
+            try:
+                (data_dir / PEER_FILE).unlink()
+            except OSError:
+                pass
+            log("peer_stopped", incarnation=node.incarnation)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
+async def _wait_for_signal(signals, stop: trio.Event, log: JsonLog) -> None:
+    async for signum in signals:
+        log("signal", signal=signal.Signals(signum).name)
+        stop.set()
+        # Later signals are swallowed while we leave: a second Ctrl-C must not skip the leave.
+
+
+def _start_watchdog(log: JsonLog, bound: float) -> threading.Timer:
+    def expire() -> None:
+        log("peer_stop_stuck", bound_s=bound, action="exit", exit_code=EXIT_STUCK)
+        os._exit(EXIT_STUCK)
+
+    timer = threading.Timer(bound, expire)
+    timer.daemon = True  # a clean exit does not wait for it
+    timer.start()
+    return timer
+
+
+def _advertised_url(bound_url: str, requested: Address, gossip_addr: Address) -> str:
+    """A URL others can use: a wildcard HTTP bind is advertised at the gossip host."""
+    if not is_unspecified(requested[0]):
+        return bound_url
+    port = int(bound_url.rsplit(":", 1)[1])
+    return http_url((gossip_addr[0], port))
+
+
+async def _start_discovery(nursery, node, opts: PeerOptions, gossip_addr: Address, log: JsonLog):
+    from gossip.discovery import ZeroconfDiscovery
+
+    discovery = ZeroconfDiscovery(
+        node.name, opts.cluster, gossip_addr, version=PROTOCOL_VERSION, interfaces=opts.interfaces
+    )
+    await nursery.start(discovery.run)
+    log("discovery_started", cluster=opts.cluster, advertised=discovery.advertised)
+    nursery.start_soon(_feed_discovered_seeds, node, discovery, log)
+
+
+async def _feed_discovered_seeds(node, discovery, log: JsonLog) -> None:
+    # Polling `found` (rather than only subscribing) also re-offers a peer whose address changed.
+    known: dict[str, Address] = {}
+    while True:
+        fresh = {n: a for n, a in discovery.found.items() if known.get(n) != a}
+        if fresh:
+            known.update(fresh)
+            node.add_seeds(list(fresh.values()))
+            log("discovered", peers={n: format_address(a) for n, a in fresh.items()})
+        await trio.sleep(DISCOVERY_POLL)

@@ -1,0 +1,189 @@
+"""The `murmur` command line (`peer/cli.py`, `peer/commands/`): usage errors and `members`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from functools import partial
+
+import pytest
+import trio
+
+from peer.cli import main
+from peer.cluster import write_cluster
+from peer.commands.members import format_serf
+from peer.http import PeerHandle, create_app, serve_http
+
+from .fakes import FakeNode
+
+
+def free_port_url() -> str:
+    """A URL nothing listens on (the port was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+async def start_fake_peer(nursery, name="mm-1") -> str:
+    handle = PeerHandle(role="mm", profile="local", node=FakeNode(name), clock_offset=1e9)
+    shutdown = trio.Event()
+    return await nursery.start(serve_http, create_app(handle), ("127.0.0.1", 0), shutdown)
+
+
+async def run_cli(*argv: str) -> int:
+    """`main` in a worker thread, so the trio loop keeps serving the fake peer meanwhile."""
+    return await trio.to_thread.run_sync(partial(main, list(argv)))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["peer", "--role", "mm", "--bind", "nonsense"], "expected HOST:PORT"),
+        (["peer", "--role", "mm", "--bind", "127.0.0.1:99999"], "port must be"),
+        (["peer", "--role", "mm", "--bind", "0.0.0.0:7946"], "cannot be advertised"),
+        (["peer", "--role", "mm", "--http", "localhost"], "expected HOST:PORT"),
+        (["peer", "--role", "mm", "--join", "127.0.0.1:1,oops"], "expected HOST:PORT"),
+        (["peer", "--role", "trader"], "invalid choice"),
+        (["peer"], "--role"),
+        (["peer", "--role", "mm", "--profile", "wan"], "unknown profile"),
+        (["peer", "--role", "mm", "--set", "nope=1"], "unknown gossip parameter"),
+        (["peer", "--role", "mm", "--set", "probe_interval=fast"], "takes a float"),
+        (["peer", "--role", "mm", "--set", "probe_interval"], "expected KEY=VALUE"),
+        (["launch", "--peers", "0"], "at least 1"),
+        (["launch", "--peers", "many"], "whole number"),
+        (["launch", "--base-port", "70000"], "port must be"),
+        (["launch", "--base-port", "65530"], "no room"),
+        (["members", "--peer", "http://x", "--cluster", "c.json"], "not allowed with"),
+        (["top", "--interval", "0"], "--interval"),
+        (["dance"], "invalid choice"),
+    ],
+)
+def test_bad_flags_are_one_clear_line_and_exit_code_2(
+    argv, expected, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("murmur")
+    assert "error:" in err
+    assert expected in err
+
+
+def test_members_without_a_peer_or_cluster_file_says_what_to_pass(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["members"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--peer URL" in err and "--cluster FILE" in err
+
+
+def test_members_with_an_unreadable_cluster_file_is_a_usage_error(capsys, tmp_path):
+    bad = tmp_path / "cluster.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit) as exc:
+        main(["members", "--cluster", str(bad)])
+    assert exc.value.code == 2
+    assert "unreadable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["peer", "launch", "members", "top"])
+def test_every_command_has_help_with_examples(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert f"murmur {command}" in out
+    assert "examples:" in out
+
+
+def test_no_command_prints_the_overview(capsys):
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    for command in ("peer", "launch", "members", "top"):
+        assert command in out
+
+
+async def test_members_json_prints_the_peers_rows(capsys):
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            url = await start_fake_peer(nursery)
+            code = await run_cli("members", "--peer", url, "--json")
+            nursery.cancel_scope.cancel()
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["exchange", "ledger", "mm-1", "mm-2", "mm-3", "mm-4"]
+    assert {r["state"] for r in rows} == {"alive", "suspect", "dead", "left"}
+    assert set(rows[0]) >= {"name", "role", "addr", "state", "incarnation", "http", "changed_at"}
+
+
+async def test_members_prints_serf_style_columns(capsys):
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            url = await start_fake_peer(nursery)
+            code = await run_cli("members", "--peer", url.removeprefix("http://"))
+            nursery.cancel_scope.cancel()
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6
+    assert lines[3].split() == ["mm-2", "127.0.0.1:7004", "mm", "suspect", "2"]
+    assert lines[4].split() == ["mm-3", "127.0.0.1:7005", "mm", "dead", "1"]
+    # Columns line up: every address starts at the same offset.
+    assert len({line.index("127.0.0.1") for line in lines}) == 1
+
+
+async def test_members_with_a_cluster_file_asks_the_first_peer_that_answers(capsys, tmp_path):
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            url = await start_fake_peer(nursery, name="mm-2")
+            cluster = tmp_path / "cluster.json"
+            write_cluster(
+                cluster,
+                {
+                    "peers": [
+                        {"name": "mm-1", "http": free_port_url()},
+                        {"name": "mm-2", "http": url},
+                    ]
+                },
+            )
+            code = await run_cli("members", "--cluster", str(cluster), "--json")
+            nursery.cancel_scope.cancel()
+    assert code == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 6
+    assert f"as seen by {url}" in captured.err
+
+
+async def test_members_exits_1_with_the_reason_when_no_peer_answers(capsys):
+    url = free_port_url()
+    with trio.fail_after(15):
+        code = await run_cli("members", "--peer", url)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert url in err and "connection refused" in err
+
+
+def test_serf_table_of_no_rows_is_empty():
+    assert format_serf([]) == ""
+
+
+async def test_the_real_entry_point_reports_bad_flags_with_exit_code_2():
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "peer.cli", "peer", "--role", "mm", "--bind", "localhost"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert err.strip().splitlines() == [
+        "murmur peer: error: argument --bind: expected HOST:PORT (e.g. 127.0.0.1:7946), "
+        "got 'localhost' (see 'murmur peer --help')"
+    ]

@@ -1,0 +1,157 @@
+"""One peer in-process (`peer/runner.py`): real UDP and HTTP on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import httpx
+import pytest
+import trio
+
+from peer.dirlock import DirectoryInUse
+from peer.runner import PEER_FILE, PeerOptions, run_peer
+
+
+def options(tmp_path, name: str | None, **kw) -> PeerOptions:
+    return PeerOptions(
+        role=kw.pop("role", "mm"),
+        name=name,
+        bind=("127.0.0.1", 0),
+        http=("127.0.0.1", 0),
+        data_dir=tmp_path / (name or "anon"),
+        profile="local",
+        log_stderr=False,
+        stop_watchdog=None,
+        **kw,
+    )
+
+
+async def start(nursery, opts: PeerOptions) -> tuple[dict, trio.Event, trio.Event]:
+    """Start a peer; returns (its peer.json info, its stop event, an event set once it returned)."""
+    stop, done = trio.Event(), trio.Event()
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED):
+        try:
+            await run_peer(opts, stop=stop, task_status=task_status)
+        finally:
+            done.set()
+
+    info = await nursery.start(run)
+    return info, stop, done
+
+
+async def members_of(client: httpx.AsyncClient, info: dict) -> dict[str, dict]:
+    rows = (await client.get(f"{info['http']}/members")).json()
+    return {r["name"]: r for r in rows}
+
+
+async def wait_for(predicate, *, every: float = 0.05):
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        await trio.sleep(every)
+
+
+def log_events(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_a_peer_serves_its_view_and_reports_where_it_listens(tmp_path):
+    opts = options(tmp_path, "mm-1")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=2) as client:
+            info, stop, done = await start(nursery, opts)
+            assert json.loads((opts.data_dir / PEER_FILE).read_text()) == info
+            assert info["name"] == "mm-1" and info["role"] == "mm" and info["incarnation"] == 1
+            health = (await client.get(f"{info['http']}/health")).json()
+            status = (await client.get(f"{info['http']}/status")).json()
+            members = await members_of(client, info)
+            stop.set()
+            await done.wait()
+    assert health == {"status": "ok", "name": "mm-1"}
+    assert status["gossip"] == info["gossip"]
+    assert status["http"] == info["http"]
+    assert status["profile"] == "local"
+    assert status["members"]["alive"] == 1
+    me = members["mm-1"]
+    assert me["state"] == "alive"
+    assert me["addr"] == info["gossip"]
+    assert me["meta"] == {"role": "mm", "http": info["http"], "version": 1}
+    # A clean stop removes peer.json and says so in the log.
+    assert not (opts.data_dir / PEER_FILE).exists()
+    events = [e["event"] for e in log_events(opts.data_dir / "mm-1.log")]
+    assert events[0] == "member"  # self, alive
+    assert "peer_started" in events
+    assert events[-4:] == ["peer_stopping", "member", "peer_left", "peer_stopped"]
+
+
+async def test_a_peer_that_joins_is_seen_alive_and_a_stopped_one_is_recorded_as_left(tmp_path):
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=2) as client:
+            a, stop_a, _ = await start(nursery, options(tmp_path, "mm-1"))
+            seed = tuple(a["gossip"].rsplit(":", 1))
+            opts_b = options(tmp_path, "mm-2", join=[(seed[0], int(seed[1]))])
+            b, stop_b, done_b = await start(nursery, opts_b)
+
+            async def both_alive():
+                views = [await members_of(client, p) for p in (a, b)]
+                return all(
+                    set(v) == {"mm-1", "mm-2"} and all(r["state"] == "alive" for r in v.values())
+                    for v in views
+                )
+
+            await wait_for(both_alive)
+            stop_b.set()
+            await done_b.wait()
+
+            async def b_left():
+                return (await members_of(client, a))["mm-2"]["state"] == "left"
+
+            await wait_for(b_left)
+            stop_a.set()
+    log_a = log_events(tmp_path / "mm-1" / "mm-1.log")
+    transitions = [(e["node"], e["old"], e["new"]) for e in log_a if e["event"] == "member"]
+    assert ("mm-2", None, "alive") in transitions
+    assert ("mm-2", "alive", "left") in transitions
+    assert ("mm-2", "alive", "dead") not in transitions
+
+
+async def test_a_restarted_peer_keeps_its_generated_name_and_raises_its_incarnation(tmp_path):
+    opts = options(tmp_path, None, role="ledger")
+    seen = []
+    with trio.fail_after(20):
+        for _ in range(2):
+            async with trio.open_nursery() as nursery:
+                info, stop, done = await start(nursery, opts)
+                seen.append((info["name"], info["incarnation"]))
+                stop.set()
+    (name1, inc1), (name2, inc2) = seen
+    assert name1 == name2 and name1.startswith("ledger-")
+    assert inc2 > inc1
+
+
+async def test_a_peer_started_with_nursery_start_reports_before_serving(tmp_path):
+    # run_peer is a normal trio server: cancelling its nursery stops it, no signal needed.
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(partial(run_peer, options(tmp_path, "x")))
+            assert info["gossip"].startswith("127.0.0.1:")
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_second_peer_on_the_same_data_dir_is_refused_while_the_first_runs(tmp_path):
+    opts = options(tmp_path, "mm-1")
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            info, stop, done = await start(nursery, opts)
+            with pytest.raises(DirectoryInUse):
+                await run_peer(options(tmp_path, "mm-1"))
+            stop.set()
+            await done.wait()
+        # The refused start did not bump the incarnation; the next real start does.
+        async with trio.open_nursery() as nursery:
+            again, stop, _ = await start(nursery, opts)
+            stop.set()
+    assert again["incarnation"] == info["incarnation"] + 1
