@@ -49,6 +49,7 @@ class SimCluster:
         loss: float = 0.0,
         join_spread: float = 1.0,
         prefix: str = "node",
+        record_trace: bool = True,
     ):
         self.config = config
         self.seed = seed
@@ -61,6 +62,9 @@ class SimCluster:
         self.nodes: dict[str, GossipNode] = {}
         self.incarnations: dict[str, int] = {}
         self.trace: list[str] = []
+        self.record_trace = record_trace
+        # Observers (benchmarks) may add callables taking (viewer, event).
+        self.listeners: list = []
         self.join_spread = join_spread
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -105,6 +109,10 @@ class SimCluster:
         await self._nursery.start(run_node)
 
     def _record(self, viewer: str, e: MemberEvent) -> None:
+        for listener in self.listeners:
+            listener(viewer, e)
+        if not self.record_trace:
+            return
         old = e.old.value if e.old else "-"
         new = e.new.value if e.new else "-"
         self.trace.append(f"{e.at:.6f} {viewer} {e.node} {old}>{new} {e.incarnation} {e.reason}")

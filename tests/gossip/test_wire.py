@@ -1,0 +1,101 @@
+"""The CBOR wire format: round trips for every message, strict rejection of everything else."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gossip import wire
+from gossip.types import MemberState
+
+names = st.text(min_size=1, max_size=wire.MAX_NAME)
+incs = st.integers(min_value=0, max_value=2**63 - 1)
+seqs = incs
+addrs = st.tuples(st.text(min_size=1, max_size=64), st.integers(min_value=1, max_value=65535))
+metas = st.dictionaries(
+    st.text(max_size=64),
+    st.one_of(st.text(max_size=255), st.integers(min_value=-(2**63), max_value=2**63 - 1), st.booleans(), st.none()),
+    max_size=16,
+)
+
+messages = st.one_of(
+    st.builds(wire.Ping, seqs, names, names),
+    st.builds(wire.Ack, seqs, names),
+    st.builds(wire.Nack, seqs),
+    st.builds(wire.PingReq, seqs, names, addrs, names),
+    st.builds(wire.Alive, names, incs, addrs, metas),
+    st.builds(wire.Suspect, names, incs, names),
+    st.builds(wire.Dead, names, incs, names),
+)
+
+
+@given(st.lists(messages, max_size=20))
+def test_every_message_round_trips_through_a_packet(msgs):
+    packet = wire.encode_packet([wire.encode_message(m) for m in msgs])
+    assert wire.decode_packet(packet) == msgs
+    assert len(packet) == wire.packet_overhead(len(msgs)) + sum(len(wire.encode_message(m)) for m in msgs)
+
+
+@given(st.lists(st.builds(wire.StateEntry, names, incs, addrs, st.sampled_from(list(MemberState)), metas), max_size=20))
+def test_push_pull_state_round_trips(entries):
+    assert wire.decode_state(wire.encode_state(entries)) == entries
+
+
+@given(st.binary(max_size=1400))
+def test_arbitrary_bytes_never_raise_anything_but_wire_error(data):
+    try:
+        wire.decode_packet(data)
+    except wire.WireError:
+        pass
+    try:
+        wire.decode_state(data)
+    except wire.WireError:
+        pass
+
+
+# Well-formed CBOR of the wrong shape: the decoder must reject it, never crash or accept it.
+cbor_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=10), st.binary(max_size=10), st.floats()),
+    lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=5), inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@given(st.lists(cbor_values, max_size=5))
+def test_wrong_shapes_are_rejected_with_wire_error(items):
+    data = cbor2.dumps([1, items])
+    try:
+        decoded = wire.decode_packet(data)
+    except wire.WireError:
+        return
+    # Anything accepted must be exactly a list of well-formed messages that re-encode the same.
+    assert all(isinstance(m, wire.Message.__args__) for m in decoded)  # type: ignore[attr-defined]
+
+
+def test_unknown_version_is_a_version_error():
+    with pytest.raises(wire.VersionError):
+        wire.decode_packet(cbor2.dumps([2, []]))
+    with pytest.raises(wire.VersionError):
+        wire.decode_state(cbor2.dumps([2, "pp", []]))
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        [0, 1, "a"],  # ping missing its source
+        [0, -1, "a", "b"],  # negative seq
+        [0, 1, "", "b"],  # empty name
+        [4, "n", 1, "h", 0, {}],  # port 0
+        [4, "n", 1, "h", 70000, {}],  # port out of range
+        [4, "n", 1, "h", 1, {"k": [1, 2]}],  # meta value not plain
+        [4, "n", 1, "h", 1, {"k": "x" * 300}],  # meta value too long
+        [5, "n", True, "s"],  # bool is not an incarnation
+        [99, 1],  # unknown type
+        [],  # empty
+    ],
+)
+def test_malformed_messages_are_rejected(item):
+    with pytest.raises(wire.WireError):
+        wire.decode_packet(cbor2.dumps([1, [item]]))
