@@ -8,6 +8,7 @@ talk to the network.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,18 @@ def profile_arg(text: str) -> str:
     if text not in PROFILES:
         raise argparse.ArgumentTypeError(
             f"unknown profile {text!r}; choose one of {', '.join(PROFILES)}"
+        )
+    return text
+
+
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def node_name_arg(text: str) -> str:
+    """Names travel in every gossip message and in mDNS instance names: short and plain."""
+    if not NODE_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid name {text!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return text
 

@@ -14,6 +14,7 @@ from peer.addresses import format_address
 from peer.commands._common import (
     address_arg,
     address_list_arg,
+    node_name_arg,
     overrides_from,
     profile_arg,
     reachable_address_arg,
@@ -45,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role", required=True, choices=ROLES, help="what this peer does")
     p.add_argument(
         "--name",
+        type=node_name_arg,
         help="node name, unique in the cluster (default: the one kept in --data-dir, or "
         "<role>-<random> the first time)",
     )

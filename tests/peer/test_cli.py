@@ -46,6 +46,7 @@ async def run_cli(*argv: str) -> int:
         (["peer", "--role", "mm", "--http", "localhost"], "expected HOST:PORT"),
         (["peer", "--role", "mm", "--join", "127.0.0.1:1,oops"], "expected HOST:PORT"),
         (["peer", "--role", "trader"], "invalid choice"),
+        (["peer", "--role", "mm", "--name", "bad name!"], "invalid name"),
         (["peer"], "--role"),
         (["peer", "--role", "mm", "--profile", "wan"], "unknown profile"),
         (["peer", "--role", "mm", "--set", "nope=1"], "unknown gossip parameter"),
