@@ -63,6 +63,10 @@ async def measure(n: int, prof: str, seed: int, join_spread: float, steady: floa
         await nursery.start(cluster.run)
         while not all(node.counts()["alive"] == n for node in cluster.nodes.values()):
             await trio.sleep(1.0)
+            if int(trio.current_time()) % 10 == 0:
+                least = min(node.counts()["alive"] for node in cluster.nodes.values())
+                print(f"  ... t={trio.current_time():.0f}s  nodes={len(cluster.nodes)}  fewest alive seen={least}"
+                      f"  wall={time.perf_counter() - wall0:.0f}s", file=sys.stderr, flush=True)
         out["converge_sim_s"] = round(trio.current_time(), 1)
         out["converge_wall_s"] = round(time.perf_counter() - wall0, 1)
 

@@ -111,6 +111,10 @@ class Swim:
         self._check_meta(meta)
         self._me = _Node(name, addr, incarnation, ALIVE, meta, now)
         self._nodes: dict[str, _Node] = {name: self._me}
+        # Kept incrementally because they are read on every packet: counting or scanning the
+        # whole view there would make each packet cost O(N).
+        self._n_up = 1
+        self._suspected: dict[str, _Node] = {}
         self._seeds: list[Address] = []
         self._packets: list[tuple[bytes, Address]] = []
         self._exchanges: list[Exchange] = []
@@ -169,7 +173,7 @@ class Swim:
         return len(self._broadcasts)
 
     def _up_count(self) -> int:
-        return sum(1 for n in self._nodes.values() if n.state.is_up)
+        return self._n_up
 
     # --- outputs ----------------------------------------------------------------------------
 
@@ -191,7 +195,7 @@ class Swim:
         deadlines = [self._next_probe, self._next_gossip, self._next_push_pull, self._next_reconnect, self._next_reap]
         deadlines.extend(p.timeout_at if not p.indirect else p.deadline for p in self._probes.values())
         deadlines.extend(r.deadline for r in self._relays.values())
-        deadlines.extend(n.suspicion.deadline for n in self._nodes.values() if n.suspicion is not None)
+        deadlines.extend(n.suspicion.deadline for n in self._suspected.values() if n.suspicion is not None)
         return min(deadlines)
 
     # --- calls ------------------------------------------------------------------------------
@@ -214,6 +218,7 @@ class Swim:
         self._leaving = True
         old = self._me.state
         self._me.state = LEFT
+        self._n_up -= 1
         self._me.changed_at = now
         self._events.append(MemberEvent(now, self.name, old, LEFT, self._me.incarnation, "leave"))
         self._queue(self.name, wire.Dead(self.name, self._me.incarnation, self.name))
@@ -312,6 +317,7 @@ class Swim:
         if node is None:
             node = _Node(msg.name, msg.addr, msg.incarnation, ALIVE, dict(msg.meta), now)
             self._nodes[msg.name] = node
+            self._n_up += 1
             self._add_to_probe_order(msg.name)
             self._events.append(MemberEvent(now, msg.name, None, ALIVE, msg.incarnation, "join", {"via": via}))
             self._queue_alive(node)
@@ -325,6 +331,9 @@ class Swim:
         node.meta = dict(msg.meta)
         node.state = ALIVE
         node.suspicion = None
+        self._suspected.pop(node.name, None)
+        if not old.is_up:
+            self._n_up += 1
         if old is not ALIVE or reason == "updated":
             node.changed_at = now
             self._events.append(MemberEvent(now, node.name, old, ALIVE, node.incarnation, reason, {"via": via}))
@@ -373,6 +382,7 @@ class Swim:
         n = self._up_count()
         lo, hi = self.config.suspicion_bounds(n)
         node.suspicion = Suspicion(source, self.config.expected_confirmations(n), lo, hi, now)
+        self._suspected[node.name] = node
         self._stats.inc("suspicions")
         self._events.append(
             MemberEvent(now, node.name, old, SUSPECT, incarnation, "suspected", {"by": source, "timeout": round(hi, 3)})
@@ -385,6 +395,9 @@ class Swim:
         node.incarnation = incarnation
         node.changed_at = now
         node.suspicion = None
+        self._suspected.pop(node.name, None)
+        if old.is_up:
+            self._n_up -= 1
         self._stats.inc("deaths" if state is DEAD else "leaves")
         self._events.append(MemberEvent(now, node.name, old, state, incarnation, reason, detail))
 
@@ -409,7 +422,7 @@ class Swim:
             if now >= relay.deadline:
                 del self._relays[seq]
                 self._send([wire.encode_message(wire.Nack(relay.seq))], relay.requester)
-        for node in list(self._nodes.values()):
+        for node in list(self._suspected.values()):
             if node.suspicion is not None and now >= node.suspicion.deadline:
                 s = node.suspicion
                 self._set_down(
@@ -544,6 +557,8 @@ class Swim:
             self._exchanges.append(Exchange(addr, self._encode_state(), "reconnect"))
 
     def _reap(self, now: float) -> None:
+        if self._n_up == len(self._nodes):
+            return  # nobody is dead or left: nothing to forget
         for name, node in list(self._nodes.items()):
             if not node.state.is_up and name != self.name and now - node.changed_at >= self.config.dead_retention:
                 del self._nodes[name]

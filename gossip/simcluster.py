@@ -174,6 +174,16 @@ class SimCluster:
             await trio.sleep(step)
         return trio.current_time() - start
 
+    def all_see(self, name: str, state: MemberState) -> bool:
+        """Every other running node holds `name` in `state`."""
+        return all(self.view(v).get(name) is state for v in self.nodes if v != name)
+
+    async def wait_all_see(self, name: str, state: MemberState, step: float = 0.1) -> float:
+        start = trio.current_time()
+        while not self.all_see(name, state):
+            await trio.sleep(step)
+        return trio.current_time() - start
+
     def declared_dead(self, viewer: str) -> set[str]:
         return {m.name for m in self.nodes[viewer].members() if m.state is MemberState.DEAD}
 

@@ -283,3 +283,26 @@ def test_partition_heals_through_reconnect_to_dead_members():
     net.run_until(40.0)
     for v in names:
         assert {m.name for m in net.nodes[v].members() if m.state is ALIVE} == set(names)
+
+
+def test_incremental_counts_match_the_view_after_churn():
+    net = CoreNet(LOCAL)
+    names = net.cluster(8)
+    net.run_until(3.0)
+    net.frozen.add("n2")
+    net.run_until(8.0)
+    net.frozen.discard("n2")
+    net.nodes["n5"].leave(net.now)
+    net._collect("n5")
+    net.run_until(9.0)
+    net.crash("n5")
+    for a in names[:4]:
+        for b in names[4:]:
+            net.cut(a, b)
+    net.run_until(15.0)
+    net.heal()
+    net.run_until(30.0)
+    for name, node in net.nodes.items():
+        view = node._nodes.values()
+        assert node._up_count() == sum(1 for n in view if n.state.is_up), name
+        assert set(node._suspected) == {n.name for n in view if n.suspicion is not None}, name

@@ -35,8 +35,7 @@ async def test_frozen_peer_is_declared_dead_by_all_others_and_no_one_else(autoju
         cluster.freeze(victim)
         others = [n for n in cluster.names if n != victim]
         with trio.fail_after(60):
-            while not all(cluster.view(v)[victim] is MemberState.DEAD for v in others):
-                await trio.sleep(0.1)
+            await cluster.wait_all_see(victim, MemberState.DEAD)
         await trio.sleep(30)
         for v in others:
             assert cluster.declared_dead(v) == {victim}, f"{v} declared others dead"
@@ -84,10 +83,8 @@ async def test_crashed_peer_restarts_and_rejoins_with_higher_incarnation(autojum
         victim = cluster.names[3]
         before = cluster.incarnations[victim]
         cluster.crash(victim)
-        others = [n for n in cluster.names if n != victim]
         with trio.fail_after(60):
-            while not all(cluster.view(v)[victim] is MemberState.DEAD for v in others):
-                await trio.sleep(0.1)
+            await cluster.wait_all_see(victim, MemberState.DEAD)
         await cluster.restart(victim)
         with trio.fail_after(60):
             await cluster.wait_converged()
