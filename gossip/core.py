@@ -306,7 +306,7 @@ class Swim:
 
     # --- inputs: membership updates ---------------------------------------------------------
 
-    def _on_alive(self, msg: wire.Alive, now: float, via: str) -> None:
+    def _on_alive(self, msg: wire.Alive, now: float, via: str, quiet_if_new: bool = False) -> None:
         if msg.name == self.name:
             if msg.incarnation > self._me.incarnation and not self._leaving:
                 # Someone holds a newer incarnation of us (we restarted without our data dir):
@@ -320,7 +320,8 @@ class Swim:
             self._n_up += 1
             self._add_to_probe_order(msg.name)
             self._events.append(MemberEvent(now, msg.name, None, ALIVE, msg.incarnation, "join", {"via": via}))
-            self._queue_alive(node)
+            if not quiet_if_new:
+                self._queue_alive(node)
             return
         if msg.incarnation <= node.incarnation:
             return
@@ -571,11 +572,16 @@ class Swim:
             [wire.StateEntry(n.name, n.incarnation, n.addr, n.state, n.meta) for n in self._nodes.values()]
         )
 
-    def receive_state(self, data: bytes, sender: Address, now: float, *, respond: bool) -> bytes | None:
+    def receive_state(
+        self, data: bytes, sender: Address, now: float, *, respond: bool, joining: bool = False
+    ) -> bytes | None:
         """Merge a remote full state. With `respond` (we are the one asked), return ours.
 
         The answer is taken after the merge, so it carries any refutation the request caused:
-        the asker learns at once that we are alive at a higher incarnation.
+        the asker learns at once that we are alive at a higher incarnation. With `joining` (the
+        answer of a seed we joined through), members new to us are not re-gossiped: they are
+        news only to us, and re-gossiping a whole view per joiner would cost O(N^2) messages
+        in a join storm.
         """
         incarnation_before = self._me.incarnation
         try:
@@ -592,7 +598,8 @@ class Swim:
         for e in entries:
             match e.state:
                 case MemberState.ALIVE:
-                    self._on_alive(wire.Alive(e.name, e.incarnation, e.addr, e.meta), now, via="push-pull")
+                    self._on_alive(wire.Alive(e.name, e.incarnation, e.addr, e.meta), now, via="push-pull",
+                                   quiet_if_new=joining)
                 case MemberState.SUSPECT | MemberState.DEAD:
                     # A remote opinion that someone is dead is not our evidence: suspect first,
                     # so a node alive on our side of a healed partition gets time to refute.

@@ -214,7 +214,8 @@ class GossipNode:
             core.exchange_failed(exchange, trio.current_time())
             self._flush()
             return
-        core.receive_state(answer, exchange.addr, trio.current_time(), respond=False)
+        core.receive_state(answer, exchange.addr, trio.current_time(), respond=False,
+                           joining=exchange.reason == "join")
         self._flush()
 
     async def _answer_exchange(self, data: bytes, sender: Address) -> bytes:
