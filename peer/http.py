@@ -220,13 +220,15 @@ class PeerCollector:
                 yield CounterMetricFamily(_counter_name(prefix, key), f"{doc} {key}.", value=value)
 
 
-def create_app(handle: PeerHandle) -> Starlette:
+def create_app(handle: PeerHandle, extra_routes: list[Route] | None = None) -> Starlette:
+    """The common endpoints, plus a role's own (`extra_routes`, e.g. the exchange's)."""
     app = Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/status", status, methods=["GET"]),
             Route("/members", members, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *(extra_routes or []),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )

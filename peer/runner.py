@@ -65,6 +65,12 @@ class PeerOptions:
     seed: int | None = None
     # Seconds a stop may take before the process exits hard; None for peers run in-process.
     stop_watchdog: float | None = STOP_WATCHDOG
+    # The exchange role's settings (ignored by other roles).
+    symbols: list[str] | None = None
+    market_seed: int = 1
+    flow_rate: float = 0.0
+    quote_ttl: float = 30.0
+    lease: float = 2.0
 
     def resolved_data_dir(self) -> Path:
         if self.data_dir is not None:
@@ -149,8 +155,16 @@ async def _run_peer(
                 gossip_addr = await nursery.start(transport.run)
                 handle.transport = transport
 
+                extra_routes, exchange = [], None
+                if opts.role == "exchange":
+                    exchange = await _start_exchange(nursery, opts, data_dir, handle, log)
+                    from peer.exchange_http import exchange_routes
+
+                    extra_routes = exchange_routes()
+
                 http_stop = trio.Event()
-                app = create_app(handle)
+                app = create_app(handle, extra_routes)
+                app.state.exchange = exchange
                 bound_url = await nursery.start(
                     partial(serve_http, app, opts.http, http_stop, log=log)
                 )
@@ -218,6 +232,45 @@ async def _run_peer(
     finally:
         if watchdog is not None:
             watchdog.cancel()
+
+
+async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: PeerHandle, log: JsonLog):
+    from gossip.types import MemberState
+    from peer.exchange_service import ExchangeService
+    from peer.outbox import deliver_fills
+
+    def is_alive(name: str) -> bool:
+        # The exchange's own membership view decides whether a holder is gone (claim rule).
+        node = handle.node
+        if node is None:
+            return True  # no view yet: assume alive, so a lease must expire before a takeover
+        for m in node.members():
+            if m.name == name:
+                return m.state in (MemberState.ALIVE, MemberState.SUSPECT)
+        return False
+
+    def ledger_url() -> str | None:
+        node = handle.node
+        if node is None:
+            return None
+        for m in node.members():
+            if m.role == "ledger" and m.state is MemberState.ALIVE and m.http:
+                return m.http
+        return None
+
+    service = ExchangeService(
+        data_dir,
+        symbols=opts.symbols,
+        seed=opts.market_seed,
+        flow_rate=opts.flow_rate,
+        quote_ttl=opts.quote_ttl,
+        lease_duration=opts.lease,
+        is_alive=is_alive,
+        log=log,
+    )
+    await nursery.start(service.run)
+    await nursery.start(deliver_fills, service, ledger_url)
+    return service
 
 
 async def _wait_for_signal(signals, stop: trio.Event, log: JsonLog) -> None:

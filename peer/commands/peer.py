@@ -120,6 +120,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="do not copy log lines to stderr (they still go to <data-dir>/<name>.log)",
     )
     p.add_argument("--seed", type=int, help="seed of the protocol's randomness (for replays)")
+    ex = p.add_argument_group("exchange role (--role exchange)")
+    ex.add_argument("--symbols", type=symbols_arg, help="comma-separated symbols the exchange lists "
+                    "(default: AAPL,AMZN,GOOG,META,MSFT,NFLX,NVDA,TSLA); fixed at the first start")
+    ex.add_argument("--market-seed", type=int, default=1,
+                    help="seed of the reference prices and the external order flow (default: 1)")
+    ex.add_argument("--flow-rate", type=non_negative_float, default=0.0,
+                    help="external orders per second the exchange generates itself (default: 0, none)")
+    ex.add_argument("--quote-ttl", type=positive_float, default=30.0,
+                    help="seconds a quote lives after activation or refresh (default: 30)")
+    ex.add_argument("--lease", type=positive_float, default=2.0,
+                    help="seconds a symbol authority lease lasts without renewal (default: 2)")
+
+
+def symbols_arg(text: str) -> list[str]:
+    from peer.exchange_service import parse_symbols
+
+    try:
+        return parse_symbols(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be above 0")
+    return value
 
 
 def options_from(args: argparse.Namespace) -> PeerOptions:
@@ -137,6 +174,11 @@ def options_from(args: argparse.Namespace) -> PeerOptions:
         overrides=overrides_from(args.overrides),
         log_stderr=not args.quiet,
         seed=args.seed,
+        symbols=args.symbols,
+        market_seed=args.market_seed,
+        flow_rate=args.flow_rate,
+        quote_ttl=args.quote_ttl,
+        lease=args.lease,
     )
 
 

@@ -1,0 +1,74 @@
+"""The exchange's fill outbox: every fill reaches the ledger, in order, until acknowledged.
+
+What it is for: at-least-once delivery of fills to the ledger peer (found through membership:
+the alive member with role `ledger`). Fills are durable on the exchange's tape before they
+exist for anyone, so the tape is the outbox; the acknowledged position (`ledger_acked`) is a tape
+record too, so a restarted exchange resumes where the ledger last confirmed. The ledger makes
+delivery exactly once by `fill_id`. Batches are sent in fill order and the cursor only moves
+past a fill the ledger acknowledged.
+
+It must never skip a fill, reorder fills, or move the cursor on anything but a 2xx answer that
+covers the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import trio
+
+from peer.exchange_service import ExchangeService
+
+BATCH = 200
+
+
+async def deliver_fills(
+    service: ExchangeService,
+    ledger_url: Callable[[], str | None],
+    *,
+    client: httpx.AsyncClient | None = None,
+    retry_min: float = 0.05,
+    retry_max: float = 2.0,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run forever: push unacknowledged fills to the ledger, backing off while it is away."""
+    own = client is None
+    client = client or httpx.AsyncClient(timeout=5.0)
+    backoff = retry_min
+    service.outbox_stats.update(batches=0, delivered=0, failures=0)
+    task_status.started()
+    try:
+        while True:
+            core = service.core
+            assert core is not None
+            pending = core.fills_after(service.ledger_acked, BATCH)
+            if not pending:
+                await service.fill_added.wait()
+                continue
+            url = ledger_url()
+            if url is None:
+                await trio.sleep(backoff)
+                backoff = min(retry_max, backoff * 2)
+                continue
+            try:
+                r = await client.post(f"{url}/fills", json={"fills": [f.to_json() for f in pending]})
+                ok = r.status_code // 100 == 2
+            except httpx.HTTPError as exc:
+                ok, r = False, None
+                service.log("outbox_error", ledger=url, error=type(exc).__name__)
+            if not ok:
+                service.outbox_stats["failures"] += 1
+                if r is not None:
+                    service.log("outbox_refused", ledger=url, status=r.status_code, body=r.text[:300])
+                await trio.sleep(backoff)
+                backoff = min(retry_max, backoff * 2)
+                continue
+            backoff = retry_min
+            service.outbox_stats["batches"] += 1
+            service.outbox_stats["delivered"] += len(pending)
+            await service.record_ledger_ack(pending[-1].seq)
+    finally:
+        if own:
+            with trio.CancelScope(shield=True):
+                await client.aclose()

@@ -1,0 +1,145 @@
+"""The exchange's HTTP API: every endpoint with good and bad input; bad input changes nothing."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+
+from peer.exchange_http import exchange_routes
+from peer.exchange_service import ExchangeService
+from peer.http import PeerHandle, create_app
+
+from .fakes import FakeNode
+
+
+@pytest.fixture
+async def api(tmp_path):
+    service = ExchangeService(tmp_path, symbols=["AAPL", "MSFT"], lease_duration=5.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        app = create_app(PeerHandle(role="exchange", profile="local", node=FakeNode("exchange")), exchange_routes())
+        app.state.exchange = service
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ex") as client:
+            client.service = service
+            yield client
+        nursery.cancel_scope.cancel()
+
+
+async def claim_and_quote(api, epoch=1, seq=1, qid="q1"):
+    r = await api.post("/authority/AAPL/claim", json={"holder": "mm-1", "epoch": epoch})
+    assert r.status_code == 200, r.text
+    r = await api.put("/quotes/AAPL", json={"holder": "mm-1", "epoch": epoch, "seq": seq, "quote_id": qid,
+                                            "bid_price": 9990, "bid_quantity": 5, "ask_price": 10010,
+                                            "ask_quantity": 5, "reservation_id": "r1"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_prices_are_integer_ticks_for_every_symbol(api):
+    r = await api.get("/prices")
+    assert r.status_code == 200 and set(r.json()["prices"]) == {"AAPL", "MSFT"}
+    assert all(type(p) is int for p in r.json()["prices"].values())
+    one = await api.get("/prices/AAPL")
+    assert one.json()["symbol"] == "AAPL" and type(one.json()["price"]) is int
+    assert (await api.get("/prices/NOPE")).status_code == 404
+
+
+async def test_quote_put_get_and_fill_through_orders(api):
+    await claim_and_quote(api)
+    q = (await api.get("/quotes/AAPL")).json()["quote"]
+    assert q["quote_id"] == "q1" and q["ask_remaining"] == 5
+    r = await api.post("/orders", json={"order_id": "o1", "symbol": "AAPL", "side": "buy", "type": "limit",
+                                        "quantity": 2, "limit_price": 10010})
+    assert r.status_code == 201 and len(r.json()["fills"]) == 1
+    fills = (await api.get("/fills", params={"after": 0})).json()
+    assert [f["order_id"] for f in fills["fills"]] == ["o1"] and fills["next_after"] == 1
+    assert (await api.get("/fills", params={"after": 1})).json()["fills"] == []
+    assert len((await api.get("/quotes")).json()["quotes"]) == 1
+    book = (await api.get("/book/AAPL")).json()
+    assert book["asks"][0] == [10010, 3]
+
+
+async def test_fills_long_poll_returns_when_a_fill_happens(api):
+    await claim_and_quote(api)
+
+    async def later():
+        await trio.sleep(0.05)
+        await api.post("/orders", json={"order_id": "o1", "symbol": "AAPL", "side": "sell", "type": "market",
+                                        "quantity": 1})
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as n:
+            n.start_soon(later)
+            r = await api.get("/fills", params={"after": 0, "wait": 3})
+    assert [f["side"] for f in r.json()["fills"]] == ["buy"]
+
+
+async def test_stale_epoch_quote_is_409_with_a_reason_and_changes_nothing(api):
+    await claim_and_quote(api, epoch=3)
+    r = await api.put("/quotes/AAPL", json={"holder": "mm-1", "epoch": 2, "seq": 9, "quote_id": "q2",
+                                            "bid_price": 1, "bid_quantity": 1, "ask_price": 2, "ask_quantity": 1})
+    assert r.status_code == 409 and r.json()["reason"] == "stale-epoch"
+    assert (await api.get("/quotes/AAPL")).json()["quote"]["quote_id"] == "q1"
+
+
+async def test_authority_shows_epoch_holder_and_lease(api):
+    await claim_and_quote(api, epoch=4)
+    rows = {a["symbol"]: a for a in (await api.get("/authority")).json()["authority"]}
+    assert rows["AAPL"]["epoch"] == 4 and rows["AAPL"]["holder"] == "mm-1" and rows["AAPL"]["state"] == "held"
+    assert 0 < rows["AAPL"]["lease_left"] <= 5
+    assert rows["MSFT"]["state"] == "vacant"
+    r = await api.post("/authority/AAPL/renew", json={"holder": "mm-1", "epoch": 4})
+    assert r.status_code == 200 and r.json()["reason"] == "renewed"
+    r = await api.post("/authority/AAPL/release", json={"holder": "mm-1", "epoch": 4})
+    assert r.json()["reason"] == "released" and r.json()["withdrawn"][0]["quote_id"] == "q1"
+
+
+async def test_delete_quote_and_delete_order(api):
+    await claim_and_quote(api)
+    r = await api.request("DELETE", "/quotes/AAPL", json={"holder": "mm-1", "epoch": 1, "seq": 2})
+    assert r.status_code == 200 and r.json()["reason"] == "cancelled"
+    r = await api.post("/orders", json={"order_id": "rest", "symbol": "AAPL", "side": "buy", "type": "limit",
+                                        "quantity": 1, "limit_price": 5})
+    assert r.json()["order"]["status"] == "resting"
+    assert (await api.delete("/orders/rest")).json()["reason"] == "cancelled"
+    assert (await api.delete("/orders/rest")).status_code == 409
+    assert (await api.delete("/orders/never")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "field"),
+    [
+        ("POST", "/orders", {"symbol": "AAPL", "side": "buy", "quantity": 1, "limit_price": 1}, 400, "order_id"),
+        ("POST", "/orders", {"order_id": "x", "symbol": "AAPL", "side": "buy", "quantity": -1, "limit_price": 1}, 400, "quantity"),
+        ("POST", "/orders", {"order_id": "x", "symbol": "AAPL", "side": "buy", "quantity": 1, "limit_price": 1.5}, 400, "limit_price"),
+        ("POST", "/orders", {"order_id": "x", "symbol": "ZZZ", "side": "buy", "quantity": 1, "limit_price": 1}, 400, "symbol"),
+        ("POST", "/orders", {"order_id": "x", "symbol": "AAPL", "side": "buy", "quantity": 1, "limit_price": 1, "color": "red"}, 400, "color"),
+        ("POST", "/orders", "not an object", 400, "body"),
+        ("PUT", "/quotes/AAPL", {"holder": "mm-1", "epoch": "one", "seq": 1}, 400, "epoch"),
+        ("PUT", "/quotes/ZZZ", {}, 404, "symbol"),
+        ("POST", "/authority/AAPL/claim", {"holder": "", "epoch": 1}, 400, "holder"),
+        ("GET", "/fills?after=-1", None, 400, "after"),
+        ("GET", "/fills?wait=soon", None, 400, "wait"),
+    ],
+)
+async def test_bad_requests_are_4xx_json_naming_the_field_and_change_nothing(api, method, path, body, status, field):
+    before = api.service.counters["accepted"] + api.service.counters["rejected"]
+    r = await api.request(method, path, json=body) if body is not None else await api.request(method, path)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field and r.json()["error"]
+    assert api.service.counters["accepted"] + api.service.counters["rejected"] == before
+    assert not api.service.core.orders
+
+
+async def test_malformed_json_body_is_400(api):
+    r = await api.post("/orders", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["field"] == "body"
+
+
+async def test_exchange_status_reports_counters_and_tape_stats(api):
+    await claim_and_quote(api)
+    r = await api.get("/exchange")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["accepted"] == 2 and body["tape"]["records"] >= 3 and body["symbols"] == ["AAPL", "MSFT"]

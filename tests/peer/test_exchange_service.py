@@ -1,0 +1,149 @@
+"""The exchange role: commands made durable on the tape, replayed on restart; the fill outbox."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import httpx
+import trio
+
+from peer.exchange_service import ExchangeService
+from peer.outbox import deliver_fills
+
+
+class Clock:
+    def __init__(self, t: float = 1_700_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def started(nursery, path, clock, **kw) -> ExchangeService:
+    service = ExchangeService(path, symbols=["AAPL", "MSFT"], clock=clock, lease_duration=5.0, **kw)
+    await nursery.start(service.run)
+    return service
+
+
+async def trade(service: ExchangeService, clock: Clock) -> None:
+    assert (await service.command("claim", {"symbol": "AAPL", "holder": "mm-1", "epoch": 7}))["accepted"]
+    clock.t += 0.1
+    q = await service.command("put_quote", {"symbol": "AAPL", "holder": "mm-1", "epoch": 7, "seq": 1, "quote_id": "q1",
+                                            "bid_price": 99, "bid_quantity": 5, "ask_price": 101, "ask_quantity": 5,
+                                            "reservation_id": "r1"})
+    assert q["reason"] == "activated"
+    clock.t += 0.1
+    for i in range(3):
+        answer = await service.command("submit_order", {"order_id": f"b{i}", "symbol": "AAPL", "side": "buy",
+                                                        "type": "limit", "quantity": 1, "limit_price": 101})
+        assert len(answer["fills"]) == 1
+
+
+async def test_restart_rebuilds_epochs_quotes_book_and_fills_from_the_tape(tmp_path):
+    clock = Clock()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            service = await started(nursery, tmp_path, clock)
+            await trade(service, clock)
+            before = {
+                "fills": [f.to_json() for f in service.core.fills],
+                "authority": service.core.authority["AAPL"].to_json(clock.t),
+                "depth": service.core.books["AAPL"].depth(),
+                "quote": service.core.quote_view("AAPL", clock.t),
+            }
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            again = await started(nursery, tmp_path, clock)
+            assert again.counters["replayed"] >= 5
+            assert [f.to_json() for f in again.core.fills] == before["fills"]
+            assert again.core.authority["AAPL"].to_json(clock.t) == before["authority"]
+            assert again.core.books["AAPL"].depth() == before["depth"]
+            assert again.core.quote_view("AAPL", clock.t) == before["quote"]
+            # Epochs survive: a claim at the old epoch is stale after the restart too.
+            clock.t += 10
+            stale = await again.command("claim", {"symbol": "AAPL", "holder": "mm-2", "epoch": 7})
+            assert stale["reason"] == "stale-epoch"
+            nursery.cancel_scope.cancel()
+
+
+async def test_fill_ids_carry_the_instance_and_differ_across_fresh_tapes(tmp_path):
+    clock = Clock()
+    ids = []
+    for sub in ("a", "b"):
+        async with trio.open_nursery() as nursery:
+            service = await started(nursery, tmp_path / sub, clock)
+            await trade(service, clock)
+            ids.append({f.fill_id for f in service.core.fills})
+            nursery.cancel_scope.cancel()
+    assert ids[0].isdisjoint(ids[1])
+
+
+async def test_claim_records_the_membership_verdict_so_replay_agrees(tmp_path):
+    clock = Clock()
+    alive = {"mm-1": True}
+    async with trio.open_nursery() as nursery:
+        service = await started(nursery, tmp_path, clock, is_alive=lambda n: alive.get(n, False))
+        await service.command("claim", {"symbol": "AAPL", "holder": "mm-1", "epoch": 1})
+        alive["mm-1"] = False  # the exchange's view now holds mm-1 dead
+        taken = await service.command("claim", {"symbol": "AAPL", "holder": "mm-2", "epoch": 2})
+        assert taken["reason"] == "claimed"
+        nursery.cancel_scope.cancel()
+    alive["mm-1"] = True  # the view changed since; replay must still reproduce the takeover
+    async with trio.open_nursery() as nursery:
+        again = await started(nursery, tmp_path, clock, is_alive=lambda n: alive.get(n, False))
+        assert again.core.authority["AAPL"].holder == "mm-2"
+        nursery.cancel_scope.cancel()
+
+
+async def test_outbox_delivers_every_fill_in_order_until_acknowledged_and_resumes_after_restart(tmp_path):
+    clock = Clock()
+    received: list[str] = []
+    failures = {"left": 2}
+
+    def ledger(request: httpx.Request) -> httpx.Response:
+        if failures["left"]:
+            failures["left"] -= 1
+            return httpx.Response(503, json={"error": "starting"})
+        body = httpx.Request("POST", "http://x", content=request.content).read()
+        import json
+
+        received.extend(f["fill_id"] for f in json.loads(body)["fills"])
+        return httpx.Response(200, json={"ok": True})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(ledger))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            service = await started(nursery, tmp_path, clock)
+            await nursery.start(partial(deliver_fills, service, lambda: "http://ledger", client=client))
+            await trade(service, clock)
+            while service.ledger_acked < 3:
+                await trio.sleep(0.01)
+            assert received == [f.fill_id for f in service.core.fills]
+            assert service.outbox_stats["failures"] == 2
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            again = await started(nursery, tmp_path, clock)
+            assert again.ledger_acked == 3, "the acknowledged position is on the tape"
+            await nursery.start(partial(deliver_fills, again, lambda: "http://ledger", client=client))
+            clock.t += 0.1
+            answer = await again.command("submit_order", {"order_id": "b9", "symbol": "AAPL", "side": "buy",
+                                                          "type": "limit", "quantity": 1, "limit_price": 101})
+            assert answer["fills"]
+            while again.ledger_acked < 4:
+                await trio.sleep(0.01)
+            assert len(received) == 4 and len(set(received)) == 4, "nothing acknowledged was sent again"
+            nursery.cancel_scope.cancel()
+
+
+async def test_ticker_withdraws_a_quote_whose_lease_ran_out(tmp_path):
+    clock = Clock()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            service = await started(nursery, tmp_path, clock)
+            await trade(service, clock)
+            clock.t += 6.0  # past the 5 s lease
+            service._ticker_wakeup.set()
+            while service.core.active_quotes:
+                await trio.sleep(0.01)
+            assert service.core.quotes["q1"].ended_reason == "lease-expired"
+            nursery.cancel_scope.cancel()
