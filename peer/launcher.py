@@ -82,6 +82,10 @@ class LaunchOptions:
     startup_timeout: float = 30.0
     stop_timeout: float = 5.0
     python: str = sys.executable
+    # The exchange's market: its symbols, the seed of prices and flow, external orders per second.
+    symbols: list[str] | None = None
+    market_seed: int = 1
+    flow_rate: float = 20.0
 
 
 def peer_specs(opts: LaunchOptions) -> list[PeerSpec]:
@@ -126,6 +130,10 @@ def peer_argv(
         argv += ["--join", ",".join(format_address(a) for a in join)]
     for key, value in opts.overrides.items():
         argv += ["--set", f"{key}={value}"]
+    if spec.role == "exchange":
+        argv += ["--market-seed", str(opts.market_seed), "--flow-rate", str(opts.flow_rate)]
+        if opts.symbols:
+            argv += ["--symbols", ",".join(opts.symbols)]
     return argv
 
 

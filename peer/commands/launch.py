@@ -21,6 +21,7 @@ from peer.commands._common import (
     set_arg,
     single_leaf,
 )
+from peer.commands.peer import non_negative_float, symbols_arg
 from peer.dirlock import DirectoryInUse, lock_directory
 
 NAME = "launch"
@@ -88,6 +89,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="give up if a peer does not answer /health within this (default: 30)",
     )
+    p.add_argument("--symbols", type=symbols_arg,
+                   help="symbols the exchange lists (default: AAPL,AMZN,GOOG,META,MSFT,NFLX,NVDA,TSLA)")
+    p.add_argument("--market-seed", type=int, default=1,
+                   help="seed of the exchange's reference prices and external order flow (default: 1)")
+    p.add_argument("--flow-rate", type=non_negative_float, default=20.0,
+                   help="external orders per second generated inside the exchange (default: 20; 0 for none)")
     p.add_argument(
         "--stop-timeout",
         type=float,
@@ -115,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
         overrides=overrides_from(args.overrides),
         startup_timeout=args.startup_timeout,
         stop_timeout=args.stop_timeout,
+        symbols=args.symbols,
+        market_seed=args.market_seed,
+        flow_rate=args.flow_rate,
     )
     console = Console(highlight=False)
     launcher = Launcher(opts, say=lambda text: console.print(text, markup=False))
