@@ -93,6 +93,9 @@ class ExchangeCore:
     def submit_order(self, *, now: float, order_id: Any = None, symbol: Any = None, side: Any = None,
                      type: Any = "limit", quantity: Any = None, limit_price: Any = None) -> dict:
         order_id = _str({"order_id": order_id}, "order_id")
+        if "/" in order_id:
+            # "/" is reserved for the legs of quotes ("{quote_id}/buy"): no external id may collide.
+            raise CommandError("order_id", "must not contain '/'")
         fingerprint = (symbol, side, type, quantity, limit_price)
         seen = self._order_requests.get(order_id)
         if seen is not None:
