@@ -431,3 +431,13 @@ def test_replaying_the_same_commands_reaches_the_same_state():
     assert [f.to_json() for f in fresh.fills] == [f.to_json() for f in ex.fills]
     assert fresh.authority[SYM].to_json(3.0) == ex.authority[SYM].to_json(3.0)
     assert fresh.books[SYM].depth() == ex.books[SYM].depth()
+
+
+def test_external_order_ids_cannot_collide_with_quote_legs():
+    ex = core()
+    ex.claim(now=0, symbol=SYM, holder="mm-1", epoch=1)
+    quote(ex, 0.1)
+    with pytest.raises(CommandError) as exc:
+        buy(ex, 0.2, "q1/buy", 1)
+    assert exc.value.field == "order_id"
+    assert ex.quote_view(SYM, 0.2)["bid_remaining"] == 5
