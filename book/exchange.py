@@ -217,13 +217,15 @@ class ExchangeCore:
         self.authority.accept_seq(symbol, seq)
         book = self.books[symbol]
         fills: list[Fill] = []
+        # Both legs exist before either is placed: a bid that fills completely on arrival must
+        # not make the quote look finished while its ask is still to be placed.
         for side, price, qty in ((Side.BUY, bp, bq), (Side.SELL, ap, aq)):
-            if qty == 0:
-                continue
-            leg = Order(f"{quote_id}/{side.value}", symbol, side, Kind.LIMIT, qty, price, now,
-                        quote_id=quote_id, epoch=epoch, expires_at=quote.expires_at)
-            quote.legs.append(leg)
-            self._leg_quote[leg.order_id] = quote
+            if qty:
+                leg = Order(f"{quote_id}/{side.value}", symbol, side, Kind.LIMIT, qty, price, now,
+                            quote_id=quote_id, epoch=epoch, expires_at=quote.expires_at)
+                quote.legs.append(leg)
+                self._leg_quote[leg.order_id] = quote
+        for leg in quote.legs:
             fills += self._record_executions(book.submit(leg, now), now)
         self._settle_withdrawn(book)
         self._maybe_filled(quote)
@@ -321,7 +323,8 @@ class ExchangeCore:
                 "reservation_id": quote.reservation_id}
 
     def _maybe_filled(self, quote: Quote) -> None:
-        if quote.state is QuoteState.ACTIVE and quote.legs and not any(leg.status.is_live for leg in quote.legs):
+        pending = (Status.NEW, Status.RESTING, Status.PARTIALLY_FILLED)
+        if quote.state is QuoteState.ACTIVE and quote.legs and not any(leg.status in pending for leg in quote.legs):
             quote.state = QuoteState.FILLED
             quote.ended_reason = "filled"
             if self.active_quotes.get(quote.symbol) is quote:

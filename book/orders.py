@@ -124,8 +124,11 @@ class Order:
         """Execute `quantity` of this order; filled quantity only grows, never past the total."""
         if quantity <= 0 or quantity > self.remaining:
             raise InvalidOrder(f"order {self.order_id}: cannot fill {quantity} of {self.remaining} remaining")
+        new = Status.FILLED if quantity == self.remaining else Status.PARTIALLY_FILLED
+        if new not in TRANSITIONS[self.status]:
+            raise IllegalTransition(self.order_id, self.status, new)  # checked before anything changes
         self.filled += quantity
-        self.move(Status.FILLED if self.remaining == 0 else Status.PARTIALLY_FILLED)
+        self.status = new
 
     def validate(self) -> None:
         if not self.order_id or len(self.order_id) > 128:

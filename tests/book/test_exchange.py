@@ -441,3 +441,14 @@ def test_external_order_ids_cannot_collide_with_quote_legs():
         buy(ex, 0.2, "q1/buy", 1)
     assert exc.value.field == "order_id"
     assert ex.quote_view(SYM, 0.2)["bid_remaining"] == 5
+
+
+def test_a_bid_that_fills_on_arrival_leaves_the_quote_active_with_its_ask():
+    ex = core()
+    ex.claim(now=0, symbol=SYM, holder="mm-1", epoch=1)
+    ex.submit_order(now=0.1, order_id="s1", symbol=SYM, side="sell", type="limit", quantity=5, limit_price=95)
+    answer = quote(ex, 0.2, bp=99, bq=5, ap=101, aq=5)
+    assert [f["side"] for f in answer["fills"]] == ["buy"]
+    assert ex.active_quotes[SYM].quote_id == "q1"
+    assert ex.quote_view(SYM, 0.2)["ask_remaining"] == 5
+    ex.check_invariants(0.2)

@@ -458,3 +458,14 @@ def test_check_invariants_catches_a_corrupted_level(book):
     book._bids[99].total = 7
     with pytest.raises(AssertionError, match="level 99"):
         book.check_invariants()
+
+
+def test_filling_a_cancelled_order_raises_and_changes_nothing():
+    from book.orders import IllegalTransition, Kind, Order, Side, Status
+
+    o = Order("o1", "AAPL", Side.BUY, Kind.LIMIT, 5, 100, 0.0)
+    o.move(Status.RESTING)
+    o.move(Status.CANCELLED)
+    with pytest.raises(IllegalTransition):
+        o.fill(1)
+    assert o.filled == 0 and o.status is Status.CANCELLED
