@@ -608,6 +608,12 @@ class Swim:
                         if e.state is MemberState.DEAD:
                             continue
                         self._on_alive(wire.Alive(e.name, e.incarnation, e.addr, e.meta), now, via="push-pull")
+                    held = self._nodes.get(e.name)
+                    if held is not None and held.state is SUSPECT and held.incarnation == e.incarnation:
+                        # Their suspicion is most likely the one we already hold, gossiped to
+                        # both of us: counting it again would shrink the timeout on no new
+                        # evidence (Lifeguard counts only independent confirmations).
+                        continue
                     self._on_suspect(wire.Suspect(e.name, e.incarnation, "push-pull:" + self._peer_name(sender)), now)
                 case MemberState.LEFT:
                     if e.name in self._nodes or e.name == self.name:

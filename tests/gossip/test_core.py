@@ -306,3 +306,17 @@ def test_incremental_counts_match_the_view_after_churn():
         view = node._nodes.values()
         assert node._up_count() == sum(1 for n in view if n.state.is_up), name
         assert set(node._suspected) == {n.name for n in view if n.suspicion is not None}, name
+
+
+def test_push_pull_does_not_count_a_suspicion_we_already_hold_as_a_confirmation():
+    net = CoreNet(LOCAL)
+    net.cluster(6)
+    net.run_until(3.0)
+    a, b = net.nodes["n0"], net.nodes["n1"]
+    # Both hold n5 suspect at incarnation 1 because of the same gossiped suspicion by n2.
+    for node in (a, b):
+        node.receive_packet(wire.encode_packet([wire.encode_message(wire.Suspect("n5", 1, "n2"))]), ("10.0.0.3", 7946), net.now)
+    assert a.member("n5").state is SUSPECT
+    before = a._nodes["n5"].suspicion.confirmations
+    a.receive_state(b._encode_state(), b.addr, net.now, respond=False)
+    assert a._nodes["n5"].suspicion.confirmations == before
