@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -172,6 +173,28 @@ def report_foreign(load: dict[str, Any]) -> None:
         print(f"#   {line}")
 
 
+def source_fingerprint() -> str:
+    """sha256 (12 hex) over murmur's gossip/ and peer/ sources: other people edit them while a
+    benchmark runs, and a peer started after an edit runs the new code."""
+    h = hashlib.sha256()
+    for d in ("gossip", "peer"):
+        for f in sorted((ROOT / d).rglob("*.py")):
+            h.update(str(f.relative_to(ROOT)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def murmur_profile_line(name: str, overrides: list[str] | None = None) -> str:
+    """The murmur protocol parameters a cluster launched now with this profile would use."""
+    sys.path.insert(0, str(ROOT))
+    from gossip.config import profile
+
+    kv = dict(o.split("=", 1) for o in overrides or [])
+    p = profile(name)
+    text = ", ".join(f"{k} {v}" for k, v in p.to_dict().items() if k != "name")
+    return f"murmur profile {p.name}: {text}" + (f"; overrides {kv}" if kv else "")
+
+
 def header(title: str, method: list[str], args: Any) -> dict[str, Any]:
     """Print the machine/method header; return the machine facts for the JSON line."""
     machine = {
@@ -180,6 +203,7 @@ def header(title: str, method: list[str], args: Any) -> dict[str, Any]:
         "platform": platform.platform(),
         "date": now_iso(),
         "loadavg_at_start": loadavg(),
+        "murmur_source_sha256": source_fingerprint(),
     }
     try:
         import kinship
@@ -195,6 +219,7 @@ def header(title: str, method: list[str], args: Any) -> dict[str, Any]:
         f"{machine['platform']}  date {machine['date']}"
     )
     print(f"# loadavg at start: {machine['loadavg_at_start']}")
+    print(f"# murmur source (gossip/, peer/) sha256: {machine['murmur_source_sha256']}")
     if busy:
         print("# WARNING: other processes were busy at start (figures may be distorted):")
         for line in busy:
@@ -226,6 +251,13 @@ def finish_machine(machine: dict[str, Any]) -> None:
     print()
     report_foreign(load)
     print(f"# loadavg at end: {machine['loadavg_at_end']}")
+    end = source_fingerprint()
+    machine["murmur_source_sha256_at_end"] = end
+    if end != machine.get("murmur_source_sha256"):
+        print(
+            f"# WARNING: murmur's source changed during the run ({machine.get('murmur_source_sha256')}"
+            f" -> {end}): clusters started after the edit ran the new code"
+        )
 
 
 def summary(values: list[float]) -> dict[str, float | None]:
@@ -357,6 +389,68 @@ def sample_cpu(pids: dict[str, int], seconds: float) -> dict[str, Any]:
         ),
         "ncpu": ncpu,
     }
+
+
+STALL_CODE = r"""
+import sys, time
+out = open(sys.argv[1], "a", buffering=1)
+step, thresh = 0.01, float(sys.argv[2])
+def cpu():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(f[:8]) - f[3] - f[4], f[7]
+last_t = time.monotonic(); last_cpu = cpu(); last_report = last_t
+worst = 0.0
+while True:
+    t0 = time.monotonic()
+    time.sleep(step)
+    late = time.monotonic() - t0 - step
+    if late > thresh:
+        out.write(f"stall {time.time():.3f} {late * 1000:.0f}\n")
+    worst = max(worst, late)
+    now = time.monotonic()
+    if now - last_report >= 1.0:
+        c = cpu()
+        out.write(f"sec {time.time():.3f} busy_ticks {c[0] - last_cpu[0]} steal_ticks "
+                  f"{c[1] - last_cpu[1]} worst_late_ms {worst * 1000:.0f}\n")
+        last_cpu, last_report, worst = c, now, 0.0
+"""
+
+
+class StallWatch:
+    """A tiny separate process that sleeps 10 ms at a time and writes down every oversleep
+    above `threshold_ms` (the whole machine, or this process's share of it, stalled), and once a
+    second the machine's busy and steal ticks. Lets a burst of suspicions be matched with a
+    machine-wide stall."""
+
+    def __init__(self, path: Path, threshold_ms: float = 50.0) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(
+            [PYTHON, "-c", STALL_CODE, str(path), str(threshold_ms / 1000)],
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+
+    def stop(self) -> None:
+        kill_hard(self.proc.pid)
+        self.proc.wait()
+
+    def read(self) -> tuple[list[tuple[float, float]], list[tuple[float, int, int, float]]]:
+        """(stalls as (wall, ms), seconds as (wall, busy ticks, steal ticks, worst late ms))."""
+        stalls, secs = [], []
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError:
+            return stalls, secs
+        for line in lines:
+            f = line.split()
+            try:
+                if f[0] == "stall":
+                    stalls.append((float(f[1]), float(f[2])))
+                elif f[0] == "sec":
+                    secs.append((float(f[1]), int(f[3]), int(f[5]), float(f[7])))
+            except (IndexError, ValueError):
+                continue
+        return stalls, secs
 
 
 # -- clusters ---------------------------------------------------------------------------------
@@ -634,14 +728,24 @@ def http_client(n: int, timeout: float = 1.0) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=timeout, limits=limits)
 
 
+# A kept-alive connection the server closed just as we reuse it (hypercorn closes idle
+# connections after 5 s, the soak's polling period): not a peer that fails to answer.
+_STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
 async def view(client: httpx.AsyncClient, peer: Peer) -> dict[str, dict] | None:
     """`/members` of one peer by member name, or None if it does not answer."""
-    try:
-        r = await client.get(f"{peer.http}/members")
-        r.raise_for_status()
-        return {row["name"]: row for row in r.json()}
-    except (httpx.HTTPError, ValueError):
-        return None
+    for attempt in (1, 2):
+        try:
+            r = await client.get(f"{peer.http}/members")
+            r.raise_for_status()
+            return {row["name"]: row for row in r.json()}
+        except _STALE_CONNECTION:
+            if attempt == 2:
+                return None
+        except (httpx.HTTPError, ValueError):
+            return None
+    return None
 
 
 async def views(client: httpx.AsyncClient, peers: list[Peer]) -> dict[str, dict | None]:
@@ -704,6 +808,83 @@ async def wait_all_alive(
         if own:
             await client.aclose()
     return False, time.monotonic() - t0, last
+
+
+METRICS_OF_INTEREST = (
+    "recv_dropped_full",
+    "oversize_dropped",
+    "send_errors",
+    "stream_errors",
+    "dropped_malformed",
+    "dropped_version",
+    "push_pull_failures",
+    "probe_failures",
+    "probes",
+    "suspicions",
+    "suspicion_confirmations",
+    "refutations",
+    "deaths",
+    "packets_in",
+    "packets_out",
+)
+
+
+async def scrape_counters(
+    client: httpx.AsyncClient, peers: list[Peer]
+) -> dict[str, dict[str, float]]:
+    """Per peer, the `/metrics` counters whose name ends in one of METRICS_OF_INTEREST."""
+    out: dict[str, dict[str, float]] = {}
+
+    async def one(p: Peer) -> None:
+        try:
+            r = await client.get(f"{p.http}/metrics")
+            r.raise_for_status()
+        except httpx.HTTPError:
+            return
+        got: dict[str, float] = {}
+        for line in r.text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.rpartition(" ")
+            name = name.split("{", 1)[0].removesuffix("_total")
+            for key in METRICS_OF_INTEREST:
+                if name.endswith("_" + key):
+                    try:
+                        got[key] = got.get(key, 0.0) + float(value)
+                    except ValueError:
+                        pass
+        out[p.name] = got
+
+    async with trio.open_nursery() as nursery:
+        for p in peers:
+            nursery.start_soon(one, p)
+    return out
+
+
+def counters_delta(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Sum over peers of after - before, and the peers with a nonzero drop/error counter."""
+    total: dict[str, float] = {}
+    nonzero: dict[str, dict[str, float]] = {}
+    for name, a in after.items():
+        b = before.get(name, {})
+        for key, v in a.items():
+            d = v - b.get(key, 0.0)
+            total[key] = total.get(key, 0.0) + d
+            if d and key in (
+                "recv_dropped_full",
+                "oversize_dropped",
+                "send_errors",
+                "dropped_malformed",
+                "dropped_version",
+                "stream_errors",
+            ):
+                nonzero.setdefault(name, {})[key] = d
+    return {
+        "sum_over_peers": {k: int(v) for k, v in sorted(total.items())},
+        "peers_with_drops_or_errors": nonzero,
+    }
 
 
 # -- logs -------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from _realcluster import (  # noqa: E402
     header,
     http_client,
     member_events,
+    murmur_profile_line,
     summary,
     table,
     view,
@@ -311,16 +312,7 @@ async def main_async(args) -> int:
         f"poll interval {args.poll_interval}s per viewer, settle {args.settle}s before each "
         f"freeze, detection bound {args.detect_bound}s, victim seed {args.seed}",
     ]
-    from gossip.config import profile
-
-    p = profile(args.profile)
-    method.append(
-        f"murmur profile {p.name}: probe_interval {p.probe_interval}s, probe_timeout "
-        f"{p.probe_timeout}s, suspicion_mult {p.suspicion_mult}, suspicion_max_timeout_mult "
-        f"{p.suspicion_max_timeout_mult}, indirect_checks {p.indirect_checks}, gossip_interval "
-        f"{p.gossip_interval}s, awareness_max_multiplier {p.awareness_max_multiplier}"
-        + (f"; overrides {args.murmur_set}" if args.murmur_set else "")
-    )
+    method.append(murmur_profile_line(args.profile, args.murmur_set))
     kin_ok, kin_note = kinship_status()
     if "kinship" in impls:
         method.append(kin_note + (f"; overrides {args.kinship_set}" if args.kinship_set else ""))

@@ -47,6 +47,7 @@ from _realcluster import (  # noqa: E402
     header,
     http_client,
     member_events,
+    murmur_profile_line,
     not_alive_summary,
     proc_start_wall,
     sample_cpu,
@@ -61,6 +62,14 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="16,32,48,64", help="total processes per cluster")
     ap.add_argument("--profile", default="local")
+    ap.add_argument(
+        "--set",
+        dest="murmur_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a murmur protocol parameter (`murmur launch --set`)",
+    )
     ap.add_argument("--poll-interval", type=float, default=0.25)
     ap.add_argument(
         "--converge-bound",
@@ -83,7 +92,11 @@ def parse_args() -> argparse.Namespace:
 
 async def measure(size: int, base: Path, args) -> dict[str, Any]:
     cluster = MurmurCluster(
-        size, base / f"launch-{size}", profile=args.profile, startup_timeout=args.startup_timeout
+        size,
+        base / f"launch-{size}",
+        profile=args.profile,
+        startup_timeout=args.startup_timeout,
+        extra=[a for kv in args.murmur_set for a in ("--set", kv)],
     )
     out: dict[str, Any] = {"size": size}
     try:
@@ -188,6 +201,7 @@ async def measure(size: int, base: Path, args) -> dict[str, Any]:
 async def main_async(args) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     method = [line.strip() for line in __doc__.split("\n\n")[1].splitlines()]
+    method.append(murmur_profile_line(args.profile, args.murmur_set))
     machine = header(
         "launch_scale: peers that launch and converge; CPU per idle peer", method, args
     )

@@ -9,8 +9,13 @@ Method:
   peer is runnable at most run/period of the wall time (10%) and never for more than ~20 ms at
   a stretch: its timers fire late, its acks leave late, and when it runs it sees everyone else's
   acks as late. The achieved on/off times are measured and reported.
-- Every `--snapshot-interval` s, /members of every peer is polled (light load) to record how the
-  others see the starved peer and whether any healthy peer is seen suspect or dead.
+- Every `--snapshot-interval` s (5), the /members of every other peer is read, one peer at a
+  time spread evenly over the interval (`--poll-mode staggered`, about 12 requests/s at 60
+  peers), to see how the others see the starved peer and whether a healthy peer is not alive.
+  (`--poll-mode burst` asks all peers at the same instant: 60 Python processes waking together on
+  2 cores is a load spike of its own, and it measurably triggers suspicions; see the README.)
+  A separate 10-ms sleeper process records machine stalls (oversleeps > 50 ms) and per-second
+  busy/steal ticks, so a burst of suspicions can be set against a machine-wide hiccup.
 - At the end: SIGCONT for good, wait until everyone sees everyone alive, then read every peer's
   JSON log (<data-dir>/<name>/<name>.log; `event: member` lines with node, old, new,
   incarnation, reason, detail) over the soak window:
@@ -25,6 +30,7 @@ Run: .venv/bin/python bench/soak_starved.py [--peers 60] [--duration 600]
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import random
@@ -45,6 +51,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _realcluster import (  # noqa: E402
     MurmurCluster,
+    StallWatch,
+    counters_delta,
     cpu_seconds,
     finish_machine,
     header,
@@ -52,9 +60,12 @@ from _realcluster import (  # noqa: E402
     loadavg,
     machine_busy_seconds,
     member_events,
+    murmur_profile_line,
     pid_alive,
     read_json_lines,
+    scrape_counters,
     table,
+    view,
     views,
     wait_all_alive,
 )
@@ -69,7 +80,23 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--victim", default=None, help="name of the starved peer (default: random mm)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--profile", default="local")
+    ap.add_argument(
+        "--set",
+        dest="murmur_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a murmur protocol parameter (`murmur launch --set`)",
+    )
     ap.add_argument("--snapshot-interval", type=float, default=5.0)
+    ap.add_argument(
+        "--poll-mode",
+        choices=("staggered", "burst"),
+        default="staggered",
+        help="staggered: one peer at a time, spread over the interval (default); burst: all "
+        "peers at once every interval (60 processes waking together on 2 cores is itself a "
+        "load spike that can delay probe acks)",
+    )
     ap.add_argument("--startup-timeout", type=float, default=120.0)
     ap.add_argument("--converge-bound", type=float, default=120.0)
     ap.add_argument("--recover-bound", type=float, default=60.0)
@@ -187,8 +214,80 @@ def analyse(cluster: MurmurCluster, victim: str, w0: float, w1: float) -> dict[s
     }
 
 
+async def staggered_views(client, peers, spread: float) -> dict[str, dict | None]:
+    """/members of each peer in turn, spaced evenly over `spread` seconds."""
+    out: dict[str, dict | None] = {}
+    step = spread / max(1, len(peers))
+    nxt = time.monotonic()
+    for p in peers:
+        out[p.name] = await view(client, p)
+        nxt += step
+        await trio.sleep(max(0.0, nxt - time.monotonic()))
+    return out
+
+
+def stall_report(
+    watch: StallWatch,
+    cluster: MurmurCluster,
+    victim: str,
+    w0: float,
+    w1: float,
+    snaps: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Bursts of suspicions of healthy peers, set against machine stalls and our own polls."""
+    stalls, secs = watch.read()
+    stalls = [(t, ms) for t, ms in stalls if w0 <= t <= w1]
+    secs = [x for x in secs if w0 <= x[0] <= w1]
+    per_second = Counter()
+    nodes: dict[int, set[str]] = {}
+    for e in member_events(cluster, since=w0):
+        if e["t_wall"] is None or e["t_wall"] > w1 or e["node"] == victim:
+            continue
+        if e.get("new") == "suspect":
+            sec = int(e["t_wall"])
+            per_second[sec] += 1
+            nodes.setdefault(sec, set()).add(e["node"])
+    polls = [s["poll_wall"] for s in snaps]
+    bursts = []
+    for sec, count in sorted(per_second.items()):
+        if count < 10:
+            continue
+        near = [ms for t, ms in stalls if sec - 1 <= t <= sec + 2]
+        busy = [b for t, b, _, _ in secs if sec - 1 <= t <= sec + 2]
+        steal = [st for t, _, st, _ in secs if sec - 1 <= t <= sec + 2]
+        poll_gap = min((abs(sec + 0.5 - p0) for p0, _ in polls), default=None)
+        if polls and polls[0][1] - polls[0][0] > 1.0:  # staggered sweeps: no single poll moment
+            poll_gap = None
+        bursts.append(
+            {
+                "at": _dt_iso(sec),
+                "healthy_suspicions": count,
+                "nodes": len(nodes[sec]),
+                "max_stall_ms_nearby": max(near, default=0),
+                "max_busy_ticks_per_s_nearby": max(busy, default=None),
+                "max_steal_ticks_per_s_nearby": max(steal, default=None),
+                "nearest_snapshot_poll_s": round(poll_gap, 1) if poll_gap is not None else None,
+            }
+        )
+    ms = [m for _, m in stalls]
+    return {
+        "stalls_over_50ms": len(ms),
+        "stalls_over_100ms": sum(1 for m in ms if m > 100),
+        "stalls_over_250ms": sum(1 for m in ms if m > 250),
+        "max_stall_ms": max(ms, default=0),
+        "worst_stalls": [(_dt_iso(t), m) for t, m in sorted(stalls, key=lambda x: -x[1])[:5]],
+        "steal_ticks_total": sum(st for _, _, st, _ in secs),
+        "suspicion_bursts": bursts,
+    }
+
+
+def _dt_iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="milliseconds")
+
+
 async def main_async(args) -> int:
     method = [line.strip() for line in __doc__.split("\n\n")[1].splitlines()]
+    method.append(murmur_profile_line(args.profile, args.murmur_set))
     machine = header(
         "soak_starved: real peers, one CPU-starved, false deaths of healthy peers", method, args
     )
@@ -198,9 +297,11 @@ async def main_async(args) -> int:
         base / f"soak-{args.peers}",
         profile=args.profile,
         startup_timeout=args.startup_timeout,
+        extra=[a for kv in args.murmur_set for a in ("--set", kv)],
     )
     result: dict[str, Any] = {"peers": args.peers, "duration_s": args.duration}
     duty: DutyCycle | None = None
+    stallwatch: StallWatch | None = None
     try:
         t_launch = time.monotonic()
         cluster.start()  # on the main thread: PR_SET_PDEATHSIG follows the forking thread
@@ -223,16 +324,25 @@ async def main_async(args) -> int:
         other_names = {p.name for p in others}
         cpu0 = {p.name: cpu_seconds(p.pid) for p in cluster.peers}
         m0 = machine_busy_seconds()
+        stallwatch = StallWatch(base / "stallwatch.log", threshold_ms=50.0)
         w0 = time.time()
         t0 = time.monotonic()
+        async with http_client(len(cluster.peers), timeout=2.0) as client:
+            counters0 = await scrape_counters(client, cluster.peers)
         duty = DutyCycle(victim.pid, args.run_ms / 1000, args.period_ms / 1000)
         duty.start()
         snaps: list[dict[str, Any]] = []
         async with http_client(len(cluster.peers), timeout=1.0) as client:
             next_report = 60.0
             while time.monotonic() - t0 < args.duration:
-                await trio.sleep(args.snapshot_interval)
-                vs = await views(client, others)
+                poll_start = time.time()
+                if args.poll_mode == "burst":
+                    await trio.sleep(args.snapshot_interval)
+                    poll_start = time.time()
+                    vs = await views(client, others)
+                else:
+                    vs = await staggered_views(client, others, args.snapshot_interval)
+                poll_end = time.time()
                 seen = Counter()
                 healthy_bad = []
                 for viewer, v in vs.items():
@@ -252,6 +362,7 @@ async def main_async(args) -> int:
                 snaps.append(
                     {
                         "t": round(el, 1),
+                        "poll_wall": (poll_start, poll_end),
                         "victim_seen": dict(seen),
                         "healthy_not_alive": healthy_bad[:10],
                         "healthy_not_alive_count": len(healthy_bad),
@@ -306,7 +417,12 @@ async def main_async(args) -> int:
             ),
         }
         # Count over the soak and the recovery after it.
+        async with http_client(len(cluster.peers), timeout=2.0) as client:
+            counters1 = await scrape_counters(client, cluster.peers)
+        result["counters"] = counters_delta(counters0, counters1)
         result.update(analyse(cluster, victim_name, w0, time.time()))
+        stallwatch.stop()
+        result.update(stall_report(stallwatch, cluster, victim_name, w0, w1, snaps))
         result["soak_window_s"] = round(w1 - w0, 1)
         result["snapshots"] = len(snaps)
         result["snapshots_with_healthy_not_alive"] = sum(
@@ -323,6 +439,8 @@ async def main_async(args) -> int:
         if duty is not None:
             duty.halt.set()
             duty.join(timeout=5)
+        if stallwatch is not None:
+            stallwatch.stop()
         left = cluster.stop()
         if left:
             result["sigkilled_leftovers"] = len(left)
@@ -365,6 +483,23 @@ async def main_async(args) -> int:
             "snapshots with a healthy peer not alive",
             f"{result.get('snapshots_with_healthy_not_alive')} / {result.get('snapshots')}",
         ],
+        [
+            "machine stalls seen by a 10-ms sleeper (>100 ms / >250 ms / max ms)",
+            f"{result.get('stalls_over_100ms')} / {result.get('stalls_over_250ms')} / "
+            f"{result.get('max_stall_ms')}",
+        ],
+        [
+            "bursts of healthy suspicions (>=10 in a second)",
+            str(len(result.get("suspicion_bursts", []))),
+        ],
+        [
+            "gossip/transport counters, sum over peers during the soak",
+            str(result.get("counters", {}).get("sum_over_peers")),
+        ],
+        [
+            "peers with receive drops or errors",
+            str(result.get("counters", {}).get("peers_with_drops_or_errors")),
+        ],
         ["peers that exited during the soak", str(result.get("peers_exited_during_soak"))],
         ["back alive everywhere after the soak (s)", str(result.get("recovered_after_s"))],
         [
@@ -380,6 +515,12 @@ async def main_async(args) -> int:
         ],
     ]
     print(table(rows, ["figure", "value"]))
+    if result.get("suspicion_bursts"):
+        print(
+            "\nbursts of suspicions of healthy peers (second, count, nodes, nearby stall/steal/poll):"
+        )
+        for b in result["suspicion_bursts"]:
+            print(f"  {json.dumps(b)}")
     if result.get("false_deaths_examples"):
         print("\nfalse deaths (first 20):")
         for e in result["false_deaths_examples"]:
