@@ -14,14 +14,15 @@ from rich.table import Table
 from peer.cluster import DEFAULT_DATA_DIR
 from peer.commands._common import (
     UsageError,
+    non_negative_float,
     overrides_from,
     port_arg,
     positive_int_arg,
     profile_arg,
     set_arg,
     single_leaf,
+    symbols_arg,
 )
-from peer.commands.peer import non_negative_float, symbols_arg
 from peer.dirlock import DirectoryInUse, lock_directory
 
 NAME = "launch"

@@ -15,11 +15,14 @@ from peer.commands._common import (
     address_arg,
     address_list_arg,
     node_name_arg,
+    non_negative_float,
     overrides_from,
+    positive_float,
     profile_arg,
     reachable_address_arg,
     set_arg,
     single_leaf,
+    symbols_arg,
 )
 from peer.runner import ROLES, PeerOptions, run_peer
 
@@ -131,32 +134,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="seconds a quote lives after activation or refresh (default: 30)")
     ex.add_argument("--lease", type=positive_float, default=2.0,
                     help="seconds a symbol authority lease lasts without renewal (default: 2)")
-
-
-def symbols_arg(text: str) -> list[str]:
-    from peer.exchange_service import parse_symbols
-
-    try:
-        return parse_symbols(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be above 0")
-    return value
 
 
 def options_from(args: argparse.Namespace) -> PeerOptions:
