@@ -1,8 +1,8 @@
 """Orders per second through the exchange's HTTP API, and the cost of a market maker's call.
 
 Method: one real exchange process (`murmur peer --role exchange`, its own flow off, tape on the
-local disk with group commit) on 127.0.0.1; this process runs the load client (`peer.loadgen`,
-httpx over keep-alive connections, the seeded external flow) at each concurrency for
+local disk with group commit) on 127.0.0.1; this process runs the load client (`peer.loadgen`:
+`peer.http_client` over keep-alive connections, the seeded external flow) at each concurrency for
 `--duration` seconds and reports orders/s and latency percentiles, measured from request sent to
 answer read. Then the peer-to-peer interface a market maker uses (HTTP/JSON: claim once, then
 `PUT /quotes/{symbol}` replaces, one at a time) is timed the same way. Both sides share the
@@ -30,6 +30,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from peer.http_client import HttpClient  # noqa: E402
 from peer.loadgen import run_load  # noqa: E402
 
 SYMBOLS = ["AAPL", "AMZN", "GOOG", "META", "MSFT", "NFLX", "NVDA", "TSLA"]
@@ -55,7 +56,7 @@ def start_exchange(data_dir: Path) -> tuple[subprocess.Popen, str]:
 
 
 async def quote_calls(url: str, n: int) -> dict:
-    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+    async with HttpClient(url, timeout=10) as c:
         r = await c.post("/authority/MSFT/claim", json={"holder": "bench-mm", "epoch": int(time.time())})
         epoch = r.json()["authority"]["epoch"]
         price = (await c.get("/prices/MSFT")).json()["price"]
@@ -67,7 +68,7 @@ async def quote_calls(url: str, n: int) -> dict:
             t0 = time.perf_counter()
             r = await c.put("/quotes/MSFT", json=body)
             lat.append((time.perf_counter() - t0) * 1000)
-            assert r.status_code == 200, r.text
+            assert r.status == 200, r.body
     lat.sort()
     return {"calls": n, "p50_ms": round(lat[n // 2], 2), "p99_ms": round(lat[int(n * 0.99)], 2),
             "max_ms": round(lat[-1], 2)}

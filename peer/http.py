@@ -3,7 +3,7 @@
 What it is for: letting people and tools (`murmur members`, `murmur top`, Prometheus) read a
 peer's view of the cluster. The app reads a `PeerHandle`, a small object that the runner fills
 in (tests fill it with a fake node). It must never change membership: every route is a read.
-Served by hypercorn on trio; `url = await nursery.start(serve_http, app, bind, shutdown)` works
+Served by peer.http_server on trio; `url = await nursery.start(serve_http, app, bind, shutdown)` works
 with port 0 and hands back the bound URL.
 """
 
@@ -15,12 +15,9 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
-import hypercorn.trio
 import trio
-from hypercorn.config import Config as HypercornConfig
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.applications import Starlette
@@ -32,7 +29,8 @@ from starlette.routing import Route
 from gossip.config import PROTOCOL_VERSION
 from gossip.types import Address, Member, MemberEvent, MemberState
 from peer.addresses import format_address
-from peer.logs import JsonLog, stdlib_logger, wall_iso
+from peer.http_server import HttpServer
+from peer.logs import JsonLog, wall_iso
 
 
 class NodeView(Protocol):
@@ -57,6 +55,8 @@ class PeerHandle:
     node: NodeView | None = None
     # Anything with a `stats: dict[str, int]` (the UDP transport).
     transport: Any = None
+    # The HTTP server (its `stats`: connections, requests, refusals), once it serves.
+    http_server: Any = None
     http_url: str | None = None
     # Core time is trio.current_time(); wall = core + clock_offset (captured at start).
     clock_offset: float = 0.0
@@ -208,9 +208,11 @@ class PeerCollector:
             transitions.add_metric([state, reason], n)
         yield transitions
         sources = [("murmur_gossip", node.stats(), "Gossip protocol counter")]
-        transport_stats = getattr(handle.transport, "stats", None)
-        if isinstance(transport_stats, dict):
-            sources.append(("murmur_transport", transport_stats, "Transport counter"))
+        for prefix, part, doc in (("murmur_transport", handle.transport, "Transport counter"),
+                                  ("murmur_http", handle.http_server, "HTTP server counter")):
+            part_stats = getattr(part, "stats", None)
+            if isinstance(part_stats, dict):
+                sources.append((prefix, part_stats, doc))
         for prefix, stats, doc in sources:
             for key, value in sorted(stats.items()):
                 if key in _STAT_GAUGES:
@@ -248,14 +250,8 @@ async def serve_http(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on `bind` until `shutdown` is set; reports the bound URL (port 0 works)."""
-    config = HypercornConfig()
-    config.bind = [format_address(bind)]
-    config.accesslog = None
-    # Hypercorn's "Running on ..." is info; warnings and app errors become JSON lines.
-    config.errorlog = stdlib_logger(log, "http", "http_error") if log is not None else None
-    config.graceful_timeout = 1.0
-    async with trio.open_nursery() as nursery:
-        urls = await nursery.start(
-            partial(hypercorn.trio.serve, app, config, shutdown_trigger=shutdown.wait)
-        )
-        task_status.started(urls[0])
+    server = HttpServer(app, log=log)
+    handle = getattr(app.state, "peer", None)
+    if handle is not None:
+        handle.http_server = server
+    await server.serve(bind, shutdown, task_status=task_status)

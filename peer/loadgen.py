@@ -2,7 +2,7 @@
 
 What it is for: `murmur flow` and `bench/http_orders.py`. It takes the seeded external flow
 (`book.market.OrderFlow`, with its own order-id prefix so it never collides with the exchange's
-built-in flow), and sends it with `concurrency` workers over keep-alive connections, either as
+built-in flow), and sends it with `concurrency` workers over keep-alive connections (`peer.http_client`), either as
 fast as the exchange answers or at a target rate, for a duration or a count. It reports orders
 per second, latency percentiles and the answers by status. It must never read the exchange's
 state to decide what to send (seed 003: the publisher has no authority and no inputs).
@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import httpx
 import trio
 
 from book.market import OrderFlow, ReferencePrices
+from peer.http_client import HttpClient, HttpError
 
 
 @dataclass
@@ -75,7 +75,7 @@ async def run_load(
             horizon += 1.0
             intents = iter(flow.next_batch(horizon))
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: HttpClient) -> None:
         while True:
             now = time.perf_counter()
             if now >= deadline or (count is not None and report.sent >= count):
@@ -89,14 +89,13 @@ async def run_load(
             t0 = time.perf_counter()
             try:
                 r = await client.post("/orders", json=body)
-                report.by_status[r.status_code] = report.by_status.get(r.status_code, 0) + 1
-            except httpx.HTTPError:
+                report.by_status[r.status] = report.by_status.get(r.status, 0) + 1
+            except HttpError:
                 report.errors += 1
                 continue
             report.latencies_ms.append((time.perf_counter() - t0) * 1000)
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0) as client:
+    async with HttpClient(url, max_connections=concurrency, timeout=10.0) as client:
         async with trio.open_nursery() as nursery:
             for _ in range(concurrency):
                 nursery.start_soon(worker, client)

@@ -9,10 +9,8 @@ caller for an unserialisable field or a full disk: a log line is not worth a cra
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
-import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -88,27 +86,3 @@ class JsonLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class JsonLogHandler(logging.Handler):
-    """Routes a stdlib logger (hypercorn's error log) into the peer's JSON lines."""
-
-    def __init__(self, log: JsonLog, event: str, level: int = logging.WARNING) -> None:
-        super().__init__(level)
-        self._log = log
-        self._event = event
-
-    def emit(self, record: logging.LogRecord) -> None:
-        fields: dict[str, Any] = {"level": record.levelname.lower(), "message": record.getMessage()}
-        if record.exc_info:
-            fields["exc"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        self._log(self._event, **fields)
-
-
-def stdlib_logger(log: JsonLog, name: str, event: str) -> logging.Logger:
-    """A private stdlib logger that writes warnings and errors as JSON lines."""
-    # Not registered with logging.getLogger: it lives and dies with this peer's log.
-    logger = logging.Logger(f"murmur.{name}", logging.WARNING)
-    logger.propagate = False
-    logger.handlers = [JsonLogHandler(log, event)]
-    return logger

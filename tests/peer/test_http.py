@@ -188,3 +188,20 @@ async def test_serve_http_binds_port_0_reports_its_url_and_stops_on_shutdown():
                 r = await c.get(f"{url}/health")
             assert r.json() == {"status": "ok", "name": "mm-1"}
             shutdown.set()
+
+
+async def test_metrics_of_a_served_peer_count_its_http_requests_and_refusals():
+    app = create_app(make_handle(FakeNode()))
+    shutdown = trio.Event()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_http, app, ("127.0.0.1", 0), shutdown)
+            async with httpx.AsyncClient() as c:
+                await c.get(f"{url}/health")
+                bad = await c.post(f"{url}/health", headers={"transfer-encoding": "chunked"}, content=b"x")
+                text = (await c.get(f"{url}/metrics")).text
+            shutdown.set()
+    assert bad.status_code == 411 and "Content-Length" in bad.json()["error"]
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["murmur_http_requests_total"] == 2  # /health and /metrics; the refused one is not a request
+    assert samples["murmur_http_bad_requests_total"] == 1

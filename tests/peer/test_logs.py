@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from datetime import datetime
 
 from gossip.types import MemberEvent, MemberState
-from peer.logs import JsonLog, stdlib_logger
+from peer.logs import JsonLog
 
 
 def lines(text: str) -> list[dict]:
@@ -70,21 +69,3 @@ def test_unserialisable_fields_are_logged_not_raised():
     (record,) = lines(stream.getvalue())
     assert record["event"] == "odd"
     assert record["states"] == ["alive"]
-
-
-def test_stdlib_warnings_become_json_lines_and_info_is_dropped():
-    stream = io.StringIO()
-    logger = stdlib_logger(JsonLog("mm-1", stream=stream), "http", "http_error")
-    logger.info("Running on http://127.0.0.1:1")
-    try:
-        raise ValueError("boom")
-    except ValueError:
-        logger.exception("request failed")
-    (record,) = lines(stream.getvalue())
-    assert record["event"] == "http_error"
-    assert record["level"] == "error"
-    assert record["message"] == "request failed"
-    assert "ValueError: boom" in record["exc"]
-    # Private to this peer: nothing reaches the root logger.
-    assert logger.propagate is False
-    assert logger not in logging.Logger.manager.loggerDict.values()
