@@ -29,7 +29,7 @@ or, with --json, one JSON object a line (bytes as hex, decimals as strings). --s
 counts by type and by symbol, the first and last seq, the time span (from the records' `at`
 field, when they carry one) and the state of the tape instead of the records. Filters combine:
 a record is printed if its type matches one of the --type patterns, its symbol one of the
---symbol patterns, and its seq is above --after. Patterns take shell wildcards (`quote.*`).
+--symbol patterns, and its seq is above --after. Patterns take shell wildcards (`*_quote`).
 
 The tape is only read, never changed. An incomplete last record (a torn tail: the exchange
 crashed mid-write, or is writing right now) is noted and is not an error: the exchange cuts it
@@ -38,10 +38,10 @@ then the error with its byte offset, and the exit status is 1 ({RUNBOOK}). A mis
 file that is not a tape exits with status 2.
 
 examples:
-  murmur tape data/exchange/tape.cbor --summary
-  murmur tape data/exchange/tape.cbor --type fill --symbol BTC-USD
-  murmur tape data/exchange/tape.cbor --type 'quote.*' --after 1200 --limit 20
-  murmur tape data/exchange/tape.cbor --json | jq -c 'select(.type == "fill")'
+  murmur tape data/exchange/exchange.tape --summary
+  murmur tape data/exchange/exchange.tape --type put_quote --symbol MSFT
+  murmur tape data/exchange/exchange.tape --type '*_quote' --after 1200 --limit 20
+  murmur tape data/exchange/exchange.tape --json | jq -c 'select(.fills != null)'
 """
 
 
@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         dest="types",
         action="append",
         metavar="T",
-        help="only records of this type (repeat for several; wildcards like 'quote.*' work)",
+        help="only records of this type (repeat for several; wildcards like '*_quote' work)",
     )
     p.add_argument(
         "--symbol",
