@@ -1,0 +1,94 @@
+"""The invariant checker over a real exchange's tape: held on honest runs, violated on doctored ones."""
+
+from __future__ import annotations
+
+import copy
+
+import trio
+
+from peer.check import check_tape
+from peer.tape import TapeReader
+
+from .test_exchange_service import Clock, started
+
+QUOTE = {"bid_price": 99, "bid_quantity": 5, "ask_price": 101, "ask_quantity": 5}
+
+
+async def takeover_history(tmp_path) -> list[dict]:
+    """mm-1 quotes AAPL, gets filled, dies; mm-2 claims a higher epoch and quotes; more fills."""
+    clock = Clock()
+    alive = {"mm-1": True, "mm-2": True}
+    async with trio.open_nursery() as nursery:
+        service = await started(nursery, tmp_path, clock, is_alive=lambda name: alive.get(name, False))
+        run = service.command
+        assert (await run("claim", {"symbol": "AAPL", "holder": "mm-1", "epoch": 1}))["accepted"]
+        assert (await run("put_quote", {"symbol": "AAPL", "holder": "mm-1", "epoch": 1, "seq": 1, "quote_id": "q1",
+                                        **QUOTE}))["accepted"]
+        clock.t += 1
+        buy = {"symbol": "AAPL", "side": "buy", "type": "limit", "quantity": 2, "limit_price": 101}
+        assert (await run("submit_order", {"order_id": "o1", **buy}))["fills"]
+        clock.t += 1
+        alive["mm-1"] = False
+        took = await run("claim", {"symbol": "AAPL", "holder": "mm-2", "epoch": 2})
+        assert took["accepted"] and took["withdrawn"]  # the old epoch's quote died in the same step
+        assert (await run("put_quote", {"symbol": "AAPL", "holder": "mm-2", "epoch": 2, "seq": 1, "quote_id": "q2",
+                                        **QUOTE}))["accepted"]
+        clock.t += 1
+        assert (await run("submit_order", {"order_id": "o2", **buy}))["fills"]
+        nursery.cancel_scope.cancel()
+    return list(TapeReader(tmp_path / "exchange.tape").records())
+
+
+def by_check(verdicts):
+    return {v.check: v for v in verdicts}
+
+
+async def test_an_honest_takeover_history_holds_every_tape_invariant(tmp_path):
+    verdicts, facts = check_tape(await takeover_history(tmp_path))
+    assert all(v.held is True for v in verdicts), [v.to_json() for v in verdicts if not v.held]
+    assert len(facts.fills) == 2
+    assert set(facts.quotes) == {"q1", "q2"}
+
+
+async def test_a_tape_doctored_so_the_old_quote_is_not_withdrawn_shows_an_overlap(tmp_path):
+    records = await takeover_history(tmp_path)
+    doctored = copy.deepcopy(records)
+    for rec in doctored:
+        if rec["type"] == "claim" and rec.get("withdrawn"):
+            rec["withdrawn"] = []
+    verdicts = by_check(check_tape(doctored)[0])
+    overlap = verdicts["quotes of at most one epoch are live per symbol at every point"]
+    assert overlap.held is False
+    assert "epochs 1 (q1), 2 (q2)" in overlap.evidence[0]
+
+
+async def test_a_fill_against_a_withdrawn_quote_is_a_violation(tmp_path):
+    records = await takeover_history(tmp_path)
+    doctored = copy.deepcopy(records)
+    last = next(r for r in reversed(doctored) if r.get("fills"))
+    last["fills"][0]["quote_id"] = "q1"  # executed the superseded quote
+    last["fills"][0]["epoch"] = 1
+    fenced = by_check(check_tape(doctored)[0])["every fill executed a quote that was live, of the symbol's live epoch"]
+    assert fenced.held is False and "q1" in fenced.evidence[0]
+
+
+async def test_a_fill_after_its_quote_expired_is_a_violation(tmp_path):
+    records = await takeover_history(tmp_path)
+    doctored = copy.deepcopy(records)
+    last = next(r for r in reversed(doctored) if r.get("fills"))
+    last["at"] += 3600  # long past the 30 s TTL
+    fenced = by_check(check_tape(doctored)[0])["every fill executed a quote that was live, of the symbol's live epoch"]
+    assert fenced.held is False
+
+
+async def test_a_shrinking_epoch_and_a_duplicated_fill_are_violations(tmp_path):
+    records = await takeover_history(tmp_path)
+    doctored = copy.deepcopy(records)
+    claims = [r for r in doctored if r["type"] == "claim" and r["accepted"]]
+    claims[1]["args"]["epoch"] = 0
+    fill_records = [r for r in doctored if r.get("fills")]
+    fill_records[1]["fills"].append(dict(fill_records[0]["fills"][0]))
+    verdicts = by_check(check_tape(doctored)[0])
+    assert verdicts["accepted claims carry epochs that only grow, per symbol"].held is False
+    unique = verdicts["every fill on the tape has a unique fill_id and the fill seqs run 1, 2, 3..."]
+    assert unique.held is False and "already recorded" in unique.evidence[0]
