@@ -13,6 +13,7 @@ It must never write to the files it reads (the tape is opened read-only, the dat
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -82,9 +83,10 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
     epochs: dict[str, int] = {}
     n_records = n_quotes = n_claims = 0
 
-    def end(symbol: str | None, quote_id: str) -> None:
+    def end(symbol: str | None, quote_id: str, at: float) -> None:
         for sym in [symbol] if symbol else list(live):
-            live[sym].pop(quote_id, None)
+            if live[sym].pop(quote_id, None) is not None and quote_id in facts.quotes:
+                facts.quotes[quote_id].setdefault("ended_at", at)
 
     def note_fills(rec: dict[str, Any], at: float) -> None:
         for f in rec.get("fills") or []:
@@ -108,6 +110,8 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
             setattr(quote, side, getattr(quote, side) - f["quantity"])
             if getattr(quote, side) < 0:
                 fenced.violate(f"seq {rec['seq']}: fill {fid} took more than quote {quote.quote_id} offered")
+            if quote.bid_left <= 0 and quote.ask_left <= 0:
+                end(f["symbol"], quote.quote_id, at)  # filled in full: nothing of it is live
 
     for rec in records:
         n_records += 1
@@ -123,9 +127,9 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
         symbol = rec.get("symbol")
         # Ends first: a record's withdrawals and replacements happen before what it adds.
         for ended in (rec.get("withdrawn") or []) + (rec.get("ended") or []):
-            end(symbol, ended["quote_id"])
+            end(symbol, ended["quote_id"], at)
         if rec.get("replaced"):
-            end(symbol, rec["replaced"]["quote_id"])
+            end(symbol, rec["replaced"]["quote_id"], at)
         if kind == "claim" and accepted:
             n_claims += 1
             epoch = rec["args"]["epoch"]
@@ -136,7 +140,7 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
             args = rec["args"]
             for q in list(live[symbol].values()):
                 if q.epoch == args["epoch"] and q.holder == args["holder"]:
-                    end(symbol, q.quote_id)
+                    end(symbol, q.quote_id, at)
         elif kind == "put_quote" and accepted:
             args = rec["args"]
             if ttl is None:
@@ -145,6 +149,7 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
             qid = args["quote_id"]
             if rec.get("reason") == "refreshed" and qid in live[symbol]:
                 live[symbol][qid].expires_at = at + ttl
+                facts.quotes[qid]["expires_at"] = at + ttl
             else:
                 n_quotes += 1
                 live[symbol][qid] = _LiveQuote(qid, args["epoch"], args["holder"], at + ttl,
@@ -163,3 +168,137 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
     fenced.counts = {"fills": len(facts.fill_order)}
     unique.counts = {"fills": len(facts.fill_order), "ledger_acked": facts.ledger_acked}
     return [overlap, grow, fenced, unique], facts
+
+
+# --- the ledger ------------------------------------------------------------------------------------
+
+FILL_FIELDS = ("fill_id", "seq", "order_id", "symbol", "side", "quantity", "price", "quote_id", "epoch", "holder",
+               "reservation_id", "created_at")
+
+
+def check_ledger(conn: Any, facts: TapeFacts | None, limit: int) -> list[Verdict]:
+    """Invariants 2 (ledger half), 3 and 4 over the ledger's database (an sqlite3 connection
+    with `row_factory = sqlite3.Row`), cross-checked with the tape's facts when there are some."""
+    once = Verdict("2", "the ledger holds each fill once, as the exchange created it, and every acknowledged one", True)
+    derived = Verdict("3", "net_quantity is the signed sum of the fills; versions rise by one per fill", True)
+    limited = Verdict("4", f"active reservations never held more than {limit} per side", True)
+    backed = Verdict("4", "every quote was live only while a granted reservation covered it", True)
+
+    rows = conn.execute(f"SELECT update_seq, position_version, net_quantity, {', '.join(FILL_FIELDS)} "
+                        "FROM fills ORDER BY update_seq").fetchall()
+    distinct = conn.execute("SELECT COUNT(DISTINCT fill_id) FROM fills").fetchone()[0]
+    if distinct != len(rows):
+        once.violate(f"{len(rows) - distinct} fill ids appear more than once")
+    running: dict[str, tuple[int, int, str]] = {}  # symbol -> (net, version, last fill)
+    for i, row in enumerate(rows, start=1):
+        if row["update_seq"] != i:
+            derived.violate(f"update_seq {row['update_seq']} where {i} was next: a gap in the commit order")
+        net, version, _ = running.get(row["symbol"], (0, 0, ""))
+        net += row["quantity"] if row["side"] == "buy" else -row["quantity"]
+        version += 1
+        if (row["net_quantity"], row["position_version"]) != (net, version):
+            derived.violate(f"fill {row['fill_id']}: recorded net {row['net_quantity']} version "
+                            f"{row['position_version']}, the fills give net {net} version {version}")
+            net, version = row["net_quantity"], row["position_version"]
+        running[row["symbol"]] = (net, version, row["fill_id"])
+        if facts is not None:
+            tape_fill = facts.fills.get(row["fill_id"])
+            if tape_fill is None:
+                once.violate(f"fill {row['fill_id']} is in the ledger but not on the exchange's tape")
+            else:
+                diff = [k for k in FILL_FIELDS if tape_fill.get(k) != row[k]]
+                if diff:
+                    once.violate(f"fill {row['fill_id']} differs from the tape in {', '.join(diff)}")
+    positions = {r["symbol"]: r for r in conn.execute("SELECT * FROM positions")}
+    for symbol, (net, version, last) in running.items():
+        p = positions.get(symbol)
+        if p is None or (p["net_quantity"], p["position_version"], p["last_fill_id"]) != (net, version, last):
+            got = None if p is None else (p["net_quantity"], p["position_version"], p["last_fill_id"])
+            derived.violate(f"position {symbol} is {got}, the fills give {(net, version, last)}")
+    for symbol in set(positions) - set(running):
+        derived.violate(f"position {symbol} exists with no fills")
+    in_ledger = {r["fill_id"] for r in rows}
+    if facts is not None:
+        missing = [fid for fid in facts.fill_order if facts.fills[fid]["seq"] <= facts.ledger_acked
+                   and fid not in in_ledger]
+        for fid in missing:
+            once.violate(f"fill {fid} was acknowledged to the exchange but is not in the ledger")
+        once.counts = {"ledger_fills": len(rows), "tape_fills": len(facts.fills), "acknowledged": facts.ledger_acked,
+                       "not_yet_delivered": sum(1 for fid in facts.fill_order if fid not in in_ledger)}
+    else:
+        once.counts = {"ledger_fills": len(rows)}
+        once.note = "no tape: checked the ledger alone"
+    derived.counts = {"fills": len(rows), "symbols": len(running)}
+
+    _check_exposure(conn, limit, limited)
+    if facts is None:
+        backed.held = None
+        backed.note = "no tape: quotes are on the exchange's tape"
+    else:
+        _check_backing(conn, facts, backed)
+    return [once, derived, limited, backed]
+
+
+def _check_exposure(conn: Any, limit: int, verdict: Verdict) -> None:
+    """At every grant, the remaining quantities of the reservations active then are within the
+    limit: a sweep over grants, fills applied to reservations, and ends (expiry or release)."""
+    events: list[tuple[float, int, str, Any]] = []  # (time, order at equal times, kind, data)
+    n = 0
+    for r in conn.execute("SELECT reservation_id, created_at, expires_at, ended_at, reserved_bid_quantity, "
+                          "reserved_ask_quantity FROM reservations WHERE decision != 'rejected'"):
+        n += 1
+        end = min(r["expires_at"], r["ended_at"] if r["ended_at"] is not None else math.inf)
+        events.append((r["created_at"], 2, "grant", (r["reservation_id"], r["reserved_bid_quantity"],
+                                                     r["reserved_ask_quantity"])))
+        events.append((end, 0, "end", r["reservation_id"]))
+    for f in conn.execute("SELECT reservation_id, applied_at, side, quantity FROM reservation_fills"):
+        events.append((f["applied_at"], 1, "fill", (f["reservation_id"], 0 if f["side"] == "buy" else 1,
+                                                    f["quantity"])))
+    events.sort(key=lambda e: (e[0], e[1]))
+    remaining: dict[str, list[int]] = {}
+    used = [0, 0]
+    worst = [0, 0]
+    for t, _, kind, data in events:
+        if kind == "grant":
+            rid, bid, ask = data
+            remaining[rid] = [bid, ask]
+            used[0] += bid
+            used[1] += ask
+            worst = [max(worst[0], used[0]), max(worst[1], used[1])]
+            if used[0] > limit or used[1] > limit:
+                verdict.violate(f"after granting {rid} at {t:.6f}: bid {used[0]}, ask {used[1]} reserved")
+        elif kind == "fill":
+            rid, side, qty = data
+            left = remaining.get(rid)
+            if left is not None:
+                taken = min(qty, left[side])
+                left[side] -= taken
+                used[side] -= taken
+        else:
+            left = remaining.pop(data, None)
+            if left is not None:
+                used[0] -= left[0]
+                used[1] -= left[1]
+    verdict.counts = {"reservations": n, "peak_bid": worst[0], "peak_ask": worst[1]}
+
+
+def _check_backing(conn: Any, facts: TapeFacts, verdict: Verdict) -> None:
+    reservations = {r["reservation_id"]: r for r in conn.execute("SELECT * FROM reservations")}
+    for qid, q in facts.quotes.items():
+        rid = q.get("reservation_id")
+        r = reservations.get(rid) if rid else None
+        if r is None:
+            verdict.violate(f"quote {qid} (tape seq {q['seq']}) went live with no reservation ({rid!r})")
+            continue
+        if r["decision"] == "rejected" or r["quote_id"] != qid:
+            verdict.violate(f"quote {qid} used reservation {rid}, which was {r['decision']} for {r['quote_id']}")
+            continue
+        if q["bid_quantity"] > r["reserved_bid_quantity"] or q["ask_quantity"] > r["reserved_ask_quantity"]:
+            verdict.violate(f"quote {qid} offered {q['bid_quantity']}/{q['ask_quantity']}, reservation {rid} "
+                            f"granted {r['reserved_bid_quantity']}/{r['reserved_ask_quantity']}")
+        live_until = min(q.get("ended_at", math.inf), q["expires_at"])
+        covered_until = min(r["expires_at"], r["ended_at"] if r["ended_at"] is not None else math.inf)
+        if r["created_at"] > q["at"] or covered_until < live_until:
+            verdict.violate(f"quote {qid} was live from {q['at']:.6f} to {live_until:.6f}; reservation {rid} "
+                            f"covered {r['created_at']:.6f} to {covered_until:.6f}")
+    verdict.counts = {"quotes": len(facts.quotes), "reservations": len(reservations)}

@@ -86,6 +86,10 @@ class LaunchOptions:
     symbols: list[str] | None = None
     market_seed: int = 1
     flow_rate: float = 20.0
+    # The ledger's global exposure limit, each side.
+    exposure_limit: int = 100
+    # Seconds an authority lease lasts: the exchange grants it, market makers must know it.
+    lease: float = 2.0
 
 
 def peer_specs(opts: LaunchOptions) -> list[PeerSpec]:
@@ -130,10 +134,14 @@ def peer_argv(
         argv += ["--join", ",".join(format_address(a) for a in join)]
     for key, value in opts.overrides.items():
         argv += ["--set", f"{key}={value}"]
+    if spec.role in ("exchange", "mm"):
+        argv += ["--lease", str(opts.lease)]
     if spec.role == "exchange":
         argv += ["--market-seed", str(opts.market_seed), "--flow-rate", str(opts.flow_rate)]
         if opts.symbols:
             argv += ["--symbols", ",".join(opts.symbols)]
+    if spec.role == "ledger":
+        argv += ["--exposure-limit", str(opts.exposure_limit)]
     return argv
 
 

@@ -71,6 +71,11 @@ class PeerOptions:
     flow_rate: float = 0.0
     quote_ttl: float = 30.0
     lease: float = 2.0
+    # The ledger role's settings (ignored by other roles): the global exposure limit, each side.
+    exposure_limit: int = 100
+    # The market maker's quoting (ignored by other roles): ticks from the centre, size per side.
+    half_spread: int = 2
+    quote_size: int = 5
 
     def resolved_data_dir(self) -> Path:
         if self.data_dir is not None:
@@ -137,9 +142,13 @@ async def _run_peer(
         clock_offset=time.time() - trio.current_time(),
     )
 
+    view_listeners: list = []  # called on every membership event (the market maker's assignment)
+
     def on_event(ev) -> None:
         handle.record_event(ev)
         log.member_event(ev)
+        for listener in view_listeners:
+            listener()
 
     def on_incarnation(incarnation: int) -> None:
         store.record(Identity(name, incarnation))
@@ -155,16 +164,26 @@ async def _run_peer(
                 gossip_addr = await nursery.start(transport.run)
                 handle.transport = transport
 
-                extra_routes, exchange = [], None
+                extra_routes, exchange, ledger = [], None, None
                 if opts.role == "exchange":
                     exchange = await _start_exchange(nursery, opts, data_dir, handle, log)
                     from peer.exchange_http import exchange_routes
 
                     extra_routes = exchange_routes()
+                elif opts.role == "ledger":
+                    ledger = await _start_ledger(nursery, opts, data_dir, handle, log)
+                    from peer.ledger_http import ledger_routes
+
+                    extra_routes = ledger_routes()
+                elif opts.role == "mm":
+                    from peer.mm_http import mm_routes
+
+                    extra_routes = mm_routes()
 
                 http_stop = trio.Event()
                 app = create_app(handle, extra_routes)
                 app.state.exchange = exchange
+                app.state.ledger = ledger
                 bound_url = await nursery.start(
                     partial(serve_http, app, opts.http, http_stop, log=log)
                 )
@@ -185,6 +204,9 @@ async def _run_peer(
                 )
                 await nursery.start(node.run)
                 handle.node = node
+                if opts.role == "mm":
+                    app.state.mm = await _start_market_maker(nursery, opts, name, node, log)
+                    view_listeners.append(app.state.mm.view_changed)
 
                 if opts.discover:
                     await _start_discovery(nursery, node, opts, gossip_addr, log)
@@ -270,6 +292,35 @@ async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: Pe
     )
     await nursery.start(service.run)
     await nursery.start(deliver_fills, service, ledger_url)
+    return service
+
+
+async def _start_ledger(nursery, opts: PeerOptions, data_dir: Path, handle: PeerHandle, log: JsonLog):
+    from peer.ledger_service import LedgerService
+
+    # Opening checks the database before anything is served; a damaged one raises
+    # LedgerDamaged here, and the peer does not start.
+    service = LedgerService(data_dir, exposure_limit=opts.exposure_limit, log=log)
+    await nursery.start(service.run)
+    return service
+
+
+async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: JsonLog):
+    from peer.mm_authority import AuthorityConfig
+    from peer.mm_service import MarketMakerService
+    from peer.quoting import PlannerConfig, QuoteConfig
+
+    service = MarketMakerService(
+        name,
+        members=node.members,
+        log=log,
+        quote_config=QuoteConfig(half_spread=opts.half_spread, size=opts.quote_size),
+        planner_config=PlannerConfig(quote_ttl=opts.quote_ttl),
+        # The exchange's lease; the core never believes in a longer one than the exchange reports.
+        authority_config=AuthorityConfig(lease_duration=opts.lease),
+        seed=opts.seed or 0,
+    )
+    await nursery.start(service.run)
     return service
 
 

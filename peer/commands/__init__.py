@@ -7,4 +7,4 @@ into library calls and print results; they never hold protocol or cluster logic.
 
 from __future__ import annotations
 
-COMMANDS = ("peer", "launch", "members", "top", "sim", "tape", "flow")
+COMMANDS = ("peer", "launch", "members", "top", "sim", "tape", "flow", "check")

@@ -17,6 +17,7 @@ from peer.commands._common import (
     non_negative_float,
     overrides_from,
     port_arg,
+    positive_float,
     positive_int_arg,
     profile_arg,
     set_arg,
@@ -96,6 +97,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seed of the exchange's reference prices and external order flow (default: 1)")
     p.add_argument("--flow-rate", type=non_negative_float, default=20.0,
                    help="external orders per second generated inside the exchange (default: 20; 0 for none)")
+    p.add_argument("--exposure-limit", type=positive_int_arg, default=100,
+                   help="the ledger's global exposure limit, each side (default: 100)")
+    p.add_argument("--lease", type=positive_float, default=2.0,
+                   help="seconds an authority lease lasts without renewal, at the exchange and in "
+                   "every market maker (default: 2)")
     p.add_argument(
         "--stop-timeout",
         type=float,
@@ -126,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         symbols=args.symbols,
         market_seed=args.market_seed,
         flow_rate=args.flow_rate,
+        exposure_limit=args.exposure_limit,
+        lease=args.lease,
     )
     console = Console(highlight=False)
     launcher = Launcher(opts, say=lambda text: console.print(text, markup=False))

@@ -18,6 +18,7 @@ from peer.commands._common import (
     non_negative_float,
     overrides_from,
     positive_float,
+    positive_int_arg,
     profile_arg,
     reachable_address_arg,
     set_arg,
@@ -131,9 +132,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ex.add_argument("--flow-rate", type=non_negative_float, default=0.0,
                     help="external orders per second the exchange generates itself (default: 0, none)")
     ex.add_argument("--quote-ttl", type=positive_float, default=30.0,
-                    help="seconds a quote lives after activation or refresh (default: 30)")
+                    help="seconds a quote lives after activation or refresh (default: 30); "
+                    "market makers need the exchange's value")
     ex.add_argument("--lease", type=positive_float, default=2.0,
-                    help="seconds a symbol authority lease lasts without renewal (default: 2)")
+                    help="seconds a symbol authority lease lasts without renewal (default: 2); "
+                    "market makers need the exchange's value")
+    mm = p.add_argument_group("market-maker role (--role mm)")
+    mm.add_argument("--half-spread", type=positive_int_arg, default=2,
+                    help="ticks from the (position-skewed) reference price to the bid and to the ask (default: 2)")
+    mm.add_argument("--quote-size", type=positive_int_arg, default=5,
+                    help="quantity quoted on each side while the position leaves room (default: 5)")
+    le = p.add_argument_group("ledger role (--role ledger)")
+    le.add_argument("--exposure-limit", type=positive_int_arg, default=100,
+                    help="global exposure limit, each side: the most the active reservations may hold "
+                    "on the bid side, and on the ask side (default: 100)")
 
 
 def options_from(args: argparse.Namespace) -> PeerOptions:
@@ -156,7 +168,18 @@ def options_from(args: argparse.Namespace) -> PeerOptions:
         flow_rate=args.flow_rate,
         quote_ttl=args.quote_ttl,
         lease=args.lease,
+        exposure_limit=args.exposure_limit,
+        half_spread=args.half_spread,
+        quote_size=args.quote_size,
     )
+
+
+def _refusals() -> tuple[type[BaseException], ...]:
+    from ledger.store import LedgerDamaged
+    from peer.exchange_service import TapeDivergence
+    from peer.tape import TapeError
+
+    return (LedgerDamaged, TapeDivergence, TapeError)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,7 +195,9 @@ def run(args: argparse.Namespace) -> int:
             where = f"gossip {format_address(opts.bind)}, http {format_address(opts.http)}"
             print(f"murmur peer: cannot start ({where}): {leaf}", file=sys.stderr)
             return 1
-        if isinstance(leaf, RuntimeError) and leaf is exc:  # e.g. an unreadable identity.json
+        if (isinstance(leaf, RuntimeError) and leaf is exc) or isinstance(leaf, _refusals()):
+            # An unreadable identity.json; a damaged ledger database, a corrupt tape: the message
+            # names the file and the runbook step, a traceback would only hide it.
             print(f"murmur peer: cannot start: {leaf}", file=sys.stderr)
             return 1
         raise

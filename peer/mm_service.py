@@ -1,0 +1,523 @@
+"""The market-maker role inside a peer process: authority and quoting, driven for real.
+
+What it is for: the thin trio shell around three cores — `peer.rendezvous` (who owns which
+symbol, over this peer's gossip view), `peer.mm_authority` (claim, renew, release, back off) and
+`peer.quoting` (what to quote and when) — that talks to the exchange and the ledger, both found
+through membership (the alive member with role `exchange`, `ledger`). Its tasks:
+
+- authority: recompute the assignment whenever the view changes, feed the core, perform the
+  claims, renewals and releases it asks for, and hand held epochs to the planners;
+- one quoting task per symbol: send what its planner asks for — reserve exposure at the ledger,
+  then publish, replace, refresh or cancel the quote at the exchange — checking the lease
+  immediately before every quote operation;
+- streams in: committed position updates from the ledger (long poll, resumed from the last seq),
+  this peer's fills from the exchange (long poll), and reference prices (polled).
+
+Every request carries its idempotency key (the epoch for authority calls, `quote_id` and `seq`
+for quotes, `quote_id` for reservations), so a retry after a timeout or a restart has no second
+effect. A restarted peer starts from what the exchange and the ledger say, never from memory.
+
+It must never decide anything its cores decide, and never send a quote operation unless the
+authority core says `may_quote` right before it. Logs are JSON lines, one per decision: authority
+transitions, quote attempts (with the position version that triggered them), reservations
+granted/reduced/rejected, quotes activated/refused, fills.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from gossip.types import Member, MemberState
+from peer.http_client import Answer, HttpClient, HttpError
+from peer.logs import JsonLog
+from peer.mm_authority import (
+    AuthorityConfig,
+    CheckAuthority,
+    Claim,
+    ExchangeAnswer,
+    ExchangeRequest,
+    MarketMakerAuthority,
+    Outcome,
+    Phase,
+    Release,
+    Renew,
+    StopQuoting,
+)
+from peer.quoting import (
+    PlannerConfig,
+    QuoteAttempt,
+    QuoteConfig,
+    QuotePlanner,
+    Reservation,
+    cap_by_reservation,
+)
+from peer.rendezvous import assignment, candidates_from_view
+
+# The reservation outlives its quote's TTL by this much: the exchange starts the TTL a little
+# after the ledger starts the reservation, and a quote must never be live without one.
+RESERVATION_MARGIN = 1.0
+LONG_POLL = 5.0
+PRICE_POLL = 0.25
+DISCOVERY_POLL = 0.1
+
+
+@dataclass
+class MarketMakerStats:
+    claims: int = 0
+    renewals: int = 0
+    releases: int = 0
+    quote_attempts: int = 0
+    quotes_activated: int = 0
+    quotes_refused: int = 0
+    reservations_rejected: int = 0
+    fills: int = 0
+    position_updates: int = 0
+    request_failures: int = 0
+    authority_changes: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["authority_changes"] = self.authority_changes[-20:]
+        return out
+
+
+class MarketMakerService:
+    def __init__(
+        self,
+        name: str,
+        *,
+        members: Callable[[], list[Member]],
+        log: JsonLog | None = None,
+        clock: Callable[[], float] = time.time,
+        quote_config: QuoteConfig | None = None,
+        planner_config: PlannerConfig | None = None,
+        authority_config: AuthorityConfig | None = None,
+        seed: int = 0,
+        request_timeout: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.members = members
+        self.log = log or JsonLog(name, stream=None)
+        self.clock = clock
+        self.quote_config = quote_config or QuoteConfig()
+        self.planner_config = planner_config or PlannerConfig()
+        self.authority_config = authority_config or AuthorityConfig()
+        self.seed = seed
+        self.request_timeout = request_timeout
+        self.symbols: list[str] = []
+        self.authority: MarketMakerAuthority | None = None
+        self.planners: dict[str, QuotePlanner] = {}
+        self.reservations: dict[str, str] = {}  # symbol -> reservation_id of the live quote
+        # Reservations of quotes we stopped quoting: released once the exchange confirms the
+        # quote is gone (an accepted release), otherwise left to expire with the quote's TTL.
+        self._retired: dict[str, str] = {}
+        self.stats = MarketMakerStats()
+        self._clients: dict[str, HttpClient] = {}
+        self._view_changed = trio.Event()
+        self._authority_wakeup = trio.Event()
+        self._symbol_wakeup: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+        self.ready = trio.Event()
+
+    # --- wiring -------------------------------------------------------------------------------
+
+    def view_changed(self) -> None:
+        """Called on every membership event: the assignment may have moved."""
+        self._view_changed.set()
+
+    def _url(self, role: str) -> str | None:
+        for m in self.members():
+            if m.role == role and m.state is MemberState.ALIVE and m.http:
+                return m.http
+        return None
+
+    def _client(self, url: str) -> HttpClient:
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = HttpClient(url, max_connections=16, timeout=self.request_timeout)
+        return client
+
+    async def _call(self, role: str, method: str, path: str, body: Any = None, *,
+                    timeout: float | None = None) -> Answer | None:
+        """One request to the exchange or the ledger; None if it is not reachable or did not answer."""
+        url = self._url(role)
+        if url is None:
+            self.stats.request_failures += 1
+            return None
+        try:
+            return await self._client(url).request(method, path, json=body, timeout=timeout)
+        except HttpError as exc:
+            self.stats.request_failures += 1
+            self.log("mm_request_failed", role=role, method=method, path=path, error=str(exc)[:200])
+            return None
+
+    # --- start --------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._start_from_the_exchange_and_ledger()
+                nursery.start_soon(self._authority_loop)
+                nursery.start_soon(self._updates_loop)
+                nursery.start_soon(self._fills_loop)
+                nursery.start_soon(self._prices_loop)
+                for symbol in self.symbols:
+                    nursery.start_soon(self._quote_loop, symbol)
+                self.ready.set()
+        finally:
+            with trio.CancelScope(shield=True):
+                for client in self._clients.values():
+                    await client.aclose()
+
+    async def _start_from_the_exchange_and_ledger(self) -> None:
+        """Symbols, epochs and positions come from the exchange and the ledger, not memory."""
+        prices = await self._get_until_ok("exchange", "/prices")
+        self.symbols = sorted(prices["prices"])
+        self.authority = MarketMakerAuthority(self.name, self.symbols, self.authority_config,
+                                              random.Random(f"{self.seed}:{self.name}"))
+        now = self.clock()
+        for symbol in self.symbols:
+            planner = QuotePlanner(self.name, symbol, self.quote_config, self.planner_config)
+            planner.on_reference_price(prices["prices"][symbol], now)
+            self.planners[symbol] = planner
+            self._symbol_wakeup[symbol] = trio.Event()
+        authority = await self._get_until_ok("exchange", "/authority")
+        self._handle(self.authority.observe_authority(authority["authority"], self.clock()))
+        positions = await self._get_until_ok("ledger", "/positions")
+        for row in positions["positions"]:
+            if row["symbol"] in self.planners:
+                self.planners[row["symbol"]].on_position(row["net_quantity"], row["position_version"], now)
+        for planner in self.planners.values():
+            if planner.position is None:
+                planner.on_position(0, 0, now)  # a symbol never filled has no row: flat, version 0
+        self._updates_after = positions["last_seq"]
+        status = await self._get_until_ok("exchange", "/fills?after=0&limit=1")
+        self._fills_after = status["total"]
+        self.log("mm_started", symbols=self.symbols, updates_after=self._updates_after,
+                 fills_after=self._fills_after,
+                 epochs={r["symbol"]: r["epoch"] for r in authority["authority"]})
+
+    async def _get_until_ok(self, role: str, path: str) -> dict[str, Any]:
+        delay = DISCOVERY_POLL
+        while True:
+            answer = await self._call(role, "GET", path)
+            if answer is not None and answer.status == 200:
+                return answer.json()
+            await trio.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+    # --- authority ----------------------------------------------------------------------------
+
+    async def _authority_loop(self) -> None:
+        assert self.authority is not None
+        while True:
+            now = self.clock()
+            owners = assignment(self.symbols, candidates_from_view(self.members()))
+            self._view_changed = trio.Event()
+            self._authority_wakeup = trio.Event()
+            self._handle(self.authority.set_owners(owners, now), wake=False)
+            self._handle(self.authority.poll(now), wake=False)
+            deadline = self.authority.next_deadline()
+            wait = math.inf if deadline is None else max(0.0, deadline - self.clock())
+            with trio.move_on_after(wait):
+                await _either(self._view_changed, self._authority_wakeup)
+
+    def _handle(self, outcome: Outcome, *, wake: bool = True) -> None:
+        """Log transitions and start what the authority core asked for; `wake` the authority
+        loop (its next deadline may have moved) unless this is the loop itself."""
+        assert self.authority is not None and self._nursery is not None
+        now = self.clock()
+        for t in outcome.transitions:
+            self.log("mm_authority", **t.to_json())
+            if t.new is Phase.IDLE and t.reason.startswith("released:") and t.reason != "released:lease-expired":
+                # The exchange accepted the release and withdrew the quote in the same step.
+                rid = self._retired.pop(t.symbol, None)
+                if rid is not None:
+                    self._nursery.start_soon(self._release, rid, "authority-released")
+            if t.new is Phase.HELD and t.old is not Phase.HELD:
+                self.stats.authority_changes.append({"symbol": t.symbol, "epoch": t.epoch, "reason": t.reason,
+                                                     "at": t.at})
+                self.planners[t.symbol].start(t.epoch, now)
+                self._wake(t.symbol)
+        for action in outcome.actions:
+            if isinstance(action, StopQuoting):
+                self.planners[action.symbol].stop(now)
+                # Not released yet: until the exchange withdraws it, the quote may still be live
+                # there, and a live quote must keep its reservation (invariant 4).
+                rid = self.reservations.pop(action.symbol, None)
+                if rid is not None:
+                    self._retired[action.symbol] = rid
+            elif isinstance(action, CheckAuthority):
+                self._nursery.start_soon(self._check_authority)
+            else:
+                self._nursery.start_soon(self._ask_exchange, action)
+        if wake and outcome:
+            self._authority_wakeup.set()
+
+    async def _ask_exchange(self, request: ExchangeRequest) -> None:
+        assert self.authority is not None
+        kind, counter = {Claim: ("claim", "claims"), Renew: ("renew", "renewals"),
+                         Release: ("release", "releases")}[type(request)]
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        sent_at = self.clock()
+        answer = await self._call("exchange", "POST", f"/authority/{request.symbol}/{kind}",
+                                  {"holder": self.name, "epoch": request.epoch})
+        now = self.clock()
+        if answer is None or answer.status not in (200, 409):
+            if answer is not None:
+                self.log("mm_authority_refused", symbol=request.symbol, op=kind, status=answer.status,
+                         body=answer.body[:200].decode("utf-8", "replace"))
+            self._handle(self.authority.on_no_answer(request, now=now))
+            return
+        self._handle(self.authority.on_answer(request, ExchangeAnswer.from_exchange(answer.json()),
+                                              sent_at=sent_at, now=now))
+
+    async def _check_authority(self) -> None:
+        assert self.authority is not None
+        answer = await self._call("exchange", "GET", "/authority")
+        if answer is not None and answer.status == 200:
+            self._handle(self.authority.observe_authority(answer.json()["authority"], self.clock()))
+
+    # --- quoting ------------------------------------------------------------------------------
+
+    def _wake(self, symbol: str) -> None:
+        event = self._symbol_wakeup[symbol]
+        self._symbol_wakeup[symbol] = trio.Event()
+        event.set()
+
+    async def _quote_loop(self, symbol: str) -> None:
+        planner = self.planners[symbol]
+        while True:
+            wakeup = self._symbol_wakeup[symbol]
+            attempt = planner.poll(self.clock())
+            if attempt is not None:
+                await self._execute(attempt)
+                continue
+            deadline = planner.next_deadline()
+            wait = math.inf if deadline is None else max(0.0, deadline - self.clock())
+            with trio.move_on_after(wait):
+                await wakeup.wait()
+
+    def _may_quote(self, attempt: QuoteAttempt) -> bool:
+        assert self.authority is not None
+        return (self.authority.held_epoch(attempt.symbol) == attempt.epoch
+                and self.authority.may_quote(attempt.symbol, self.clock()))
+
+    async def _execute(self, attempt: QuoteAttempt) -> None:
+        planner = self.planners[attempt.symbol]
+        self.stats.quote_attempts += 1
+        self.log("mm_quote_attempt", symbol=attempt.symbol, kind=attempt.kind, quote_id=attempt.quote_id,
+                 epoch=attempt.epoch, seq=attempt.seq, position_version=attempt.position_version,
+                 net_quantity=attempt.net_quantity, reference_price=attempt.reference_price, reason=attempt.reason)
+        if not self._may_quote(attempt):
+            planner.on_result(attempt, accepted=False, reason="no-authority", now=self.clock())
+            return
+        if attempt.kind == "cancel":
+            await self._cancel(attempt)
+        elif attempt.kind == "refresh":
+            await self._refresh(attempt)
+        else:
+            await self._publish(attempt)
+
+    async def _publish(self, attempt: QuoteAttempt) -> None:
+        planner = self.planners[attempt.symbol]
+        assert attempt.terms is not None
+        ttl = self.planner_config.quote_ttl + RESERVATION_MARGIN
+        answer = await self._call("ledger", "POST", "/reservations", {
+            "quote_id": attempt.quote_id, "holder": self.name, "symbol": attempt.symbol,
+            "bid_quantity": attempt.terms.bid_quantity, "ask_quantity": attempt.terms.ask_quantity, "ttl": ttl})
+        if answer is None:
+            planner.on_timeout(attempt, self.clock())
+            return
+        body = answer.json()
+        if answer.status not in (200, 201, 409) or "reservation" not in body:
+            self.log("mm_reservation_refused", symbol=attempt.symbol, quote_id=attempt.quote_id,
+                     status=answer.status, reason=body.get("reason"), error=body.get("error"))
+            planner.on_result(attempt, accepted=False, reason=f"reservation:{body.get('reason')}", now=self.clock())
+            return
+        r = body["reservation"]
+        reservation = Reservation(body["decision"], r["reservation_id"], r["reserved_bid_quantity"],
+                                  r["reserved_ask_quantity"])
+        self.log("mm_reservation", symbol=attempt.symbol, quote_id=attempt.quote_id, decision=reservation.outcome,
+                 reservation_id=r["reservation_id"], requested=[attempt.terms.bid_quantity, attempt.terms.ask_quantity],
+                 reserved=[reservation.reserved_bid_quantity, reservation.reserved_ask_quantity],
+                 position_version=attempt.position_version)
+        terms = cap_by_reservation(attempt.terms, reservation)
+        if terms is None:
+            self.stats.reservations_rejected += 1
+            if reservation.outcome != "rejected":
+                self._nursery.start_soon(self._release, r["reservation_id"], "not-used")
+            planner.on_result(attempt, accepted=False, reason="reservation-rejected", now=self.clock())
+            return
+        if not self._may_quote(attempt):  # the reservation took time: check the lease again
+            self._nursery.start_soon(self._release, r["reservation_id"], "no-authority")
+            planner.on_result(attempt, accepted=False, reason="no-authority", now=self.clock())
+            return
+        put = await self._call("exchange", "PUT", f"/quotes/{attempt.symbol}", {
+            "holder": self.name, "epoch": attempt.epoch, "seq": attempt.seq, "quote_id": attempt.quote_id,
+            **terms.to_json(), "reservation_id": r["reservation_id"]})
+        if put is None:
+            planner.on_timeout(attempt, self.clock())  # the retry reuses quote_id: same reservation
+            return
+        result = put.json()
+        accepted = put.status == 200 and bool(result.get("accepted"))
+        reason = str(result.get("reason", put.status))
+        planner.on_result(attempt, accepted=accepted, reason=reason, now=self.clock(), live_terms=terms)
+        if accepted:
+            self.stats.quotes_activated += 1
+            old = self.reservations.get(attempt.symbol)
+            self.reservations[attempt.symbol] = r["reservation_id"]
+            if old is not None and old != r["reservation_id"]:
+                self._nursery.start_soon(self._release, old, "replaced")
+            self.log("mm_quote_active", symbol=attempt.symbol, quote_id=attempt.quote_id, epoch=attempt.epoch,
+                     seq=attempt.seq, **terms.to_json(), reservation_id=r["reservation_id"],
+                     position_version=attempt.position_version, fills=len(result.get("fills") or []))
+        else:
+            self.stats.quotes_refused += 1
+            self._nursery.start_soon(self._release, r["reservation_id"], f"quote-refused:{reason}")
+            self.log("mm_quote_refused", symbol=attempt.symbol, quote_id=attempt.quote_id, epoch=attempt.epoch,
+                     seq=attempt.seq, reason=reason, status=put.status)
+
+    async def _refresh(self, attempt: QuoteAttempt) -> None:
+        planner = self.planners[attempt.symbol]
+        rid = self.reservations.get(attempt.symbol)
+        if rid is not None:
+            renewed = await self._call("ledger", "POST", f"/reservations/{rid}/renew",
+                                       {"ttl": self.planner_config.quote_ttl + RESERVATION_MARGIN})
+            if renewed is None or renewed.status != 200:
+                # Without a reservation that outlives the refreshed TTL, publish a new quote instead.
+                planner.on_result(attempt, accepted=False, reason="reservation-renew-failed", now=self.clock())
+                return
+        if not self._may_quote(attempt):
+            planner.on_result(attempt, accepted=False, reason="no-authority", now=self.clock())
+            return
+        assert attempt.terms is not None
+        put = await self._call("exchange", "PUT", f"/quotes/{attempt.symbol}", {
+            "holder": self.name, "epoch": attempt.epoch, "seq": attempt.seq, "quote_id": attempt.quote_id,
+            **attempt.terms.to_json(), "reservation_id": rid})
+        if put is None:
+            planner.on_timeout(attempt, self.clock())
+            return
+        result = put.json()
+        accepted = put.status == 200 and bool(result.get("accepted"))
+        planner.on_result(attempt, accepted=accepted, reason=str(result.get("reason")), now=self.clock())
+        self.log("mm_quote_refreshed" if accepted else "mm_quote_refused", symbol=attempt.symbol,
+                 quote_id=attempt.quote_id, seq=attempt.seq, reason=result.get("reason"))
+
+    async def _cancel(self, attempt: QuoteAttempt) -> None:
+        planner = self.planners[attempt.symbol]
+        answer = await self._call("exchange", "DELETE", f"/quotes/{attempt.symbol}",
+                                  {"holder": self.name, "epoch": attempt.epoch, "seq": attempt.seq})
+        if answer is None:
+            planner.on_timeout(attempt, self.clock())
+            return
+        result = answer.json()
+        accepted = answer.status == 200 and bool(result.get("accepted"))
+        planner.on_result(attempt, accepted=accepted, reason=str(result.get("reason")), now=self.clock())
+        if accepted:
+            self._release_reservation(attempt.symbol, "cancelled")
+        self.log("mm_quote_cancelled" if accepted else "mm_quote_refused", symbol=attempt.symbol,
+                 quote_id=attempt.quote_id, seq=attempt.seq, reason=result.get("reason"))
+
+    def _release_reservation(self, symbol: str, why: str) -> None:
+        rid = self.reservations.pop(symbol, None)
+        if rid is not None and self._nursery is not None:
+            self._nursery.start_soon(self._release, rid, why)
+
+    async def _release(self, reservation_id: str, why: str) -> None:
+        # Best effort: a reservation nobody releases still expires with its quote's TTL.
+        answer = await self._call("ledger", "POST", f"/reservations/{reservation_id}/release", {"reason": why})
+        self.log("mm_reservation_released", reservation_id=reservation_id, reason=why,
+                 status=None if answer is None else answer.status)
+
+    # --- streams in ---------------------------------------------------------------------------
+
+    async def _updates_loop(self) -> None:
+        """Committed position updates, in order, resumed from the last seq seen."""
+        while True:
+            answer = await self._call("ledger", "GET", f"/updates?after={self._updates_after}&wait={LONG_POLL}",
+                                      timeout=LONG_POLL + 2)
+            if answer is None or answer.status != 200:
+                if answer is not None and answer.status == 409:
+                    # The ledger has fewer updates than we saw (a restored database): start over.
+                    self._updates_after = answer.json().get("last_seq", 0)
+                await trio.sleep(0.1)
+                continue
+            body = answer.json()
+            now = self.clock()
+            for u in body["updates"]:
+                planner = self.planners.get(u["symbol"])
+                if planner is not None and planner.on_position(u["net_quantity"], u["position_version"], now):
+                    self.stats.position_updates += 1
+                    self._wake(u["symbol"])
+            self._updates_after = body["next_after"]
+
+    async def _fills_loop(self) -> None:
+        """This peer's fills as the exchange creates them: each one triggers a replacement."""
+        while True:
+            answer = await self._call("exchange", "GET", f"/fills?after={self._fills_after}&wait={LONG_POLL}",
+                                      timeout=LONG_POLL + 2)
+            if answer is None or answer.status != 200:
+                await trio.sleep(0.1)
+                continue
+            body = answer.json()
+            now = self.clock()
+            for f in body["fills"]:
+                if f["holder"] != self.name or f["symbol"] not in self.planners:
+                    continue
+                self.stats.fills += 1
+                self.log("mm_fill", fill_id=f["fill_id"], symbol=f["symbol"], side=f["side"], quantity=f["quantity"],
+                         price=f["price"], quote_id=f["quote_id"], epoch=f["epoch"])
+                self.planners[f["symbol"]].on_fill(f["quote_id"], now)
+                self._wake(f["symbol"])
+            self._fills_after = body["next_after"]
+
+    async def _prices_loop(self) -> None:
+        while True:
+            answer = await self._call("exchange", "GET", "/prices")
+            if answer is not None and answer.status == 200:
+                now = self.clock()
+                for symbol, price in answer.json()["prices"].items():
+                    planner = self.planners.get(symbol)
+                    if planner is not None and planner.reference_price != price:
+                        planner.on_reference_price(price, now)
+                        self._wake(symbol)
+            await trio.sleep(PRICE_POLL)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def authority_view(self) -> list[dict[str, Any]]:
+        return self.authority.snapshot(self.clock()) if self.authority is not None else []
+
+    def quotes_view(self) -> list[dict[str, Any]]:
+        out = []
+        for symbol, planner in self.planners.items():
+            a = planner.active
+            if a is None:
+                continue
+            out.append({"symbol": symbol, "quote_id": a.quote_id, "epoch": planner.epoch, **a.terms.to_json(),
+                        "reservation_id": self.reservations.get(symbol), "position_version": a.position_version,
+                        "reference_price": a.reference_price, "sent_at": a.sent_at})
+        return out
+
+
+async def _either(a: trio.Event, b: trio.Event) -> None:
+    """Return when either event is set."""
+    if a.is_set() or b.is_set():
+        return
+    async with trio.open_nursery() as nursery:
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait, a)
+        nursery.start_soon(wait, b)
