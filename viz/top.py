@@ -1,8 +1,11 @@
-"""`murmur top`: a live membership dashboard over one peer's `GET /members`.
+"""`murmur top`: a live dashboard of the cluster: membership over one peer's `GET /members`,
+and the trading panels (authority, quotes, positions, fills, exposure, authority changes) read
+from the exchange and the ledger that membership view names.
 
 What it is for: watching state changes as they happen. One task polls a peer (and fails over to
-another of the cluster file's peers when it stops answering); another redraws several times a
-second from whatever was last fetched, so the screen never freezes on a slow or stopped peer.
+another of the cluster file's peers when it stops answering); `viz/sources.py` polls the
+exchange and the ledger; this module redraws several times a second from whatever was last
+fetched, so the screen never freezes on a slow, stopped or dead peer.
 It must never change anything in the cluster: it only reads HTTP.
 """
 
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import trio
@@ -19,9 +22,10 @@ from rich.live import Live
 from rich.text import Text
 
 from viz.members_table import STATE_STYLE, STATES, members_table, state_counts
+from viz.panels import trading_view
+from viz.sources import REQUEST_TIMEOUT, poll_sources_forever
+from viz.trading import TradingState
 
-# A stopped (SIGSTOP) peer accepts TCP connections but never answers: bound every request.
-REQUEST_TIMEOUT = 1.0
 POLL_INTERVAL = 0.25
 REDRAWS_PER_SECOND = 4
 
@@ -38,6 +42,7 @@ class TopState:
     error: str | None = None
     note: str | None = None  # e.g. a fail-over
     polls: int = 0
+    trading: TradingState = field(default_factory=TradingState)
 
 
 def _describe(exc: Exception) -> str:
@@ -73,11 +78,15 @@ async def poll_once(client: httpx.AsyncClient, url: str, state: TopState) -> boo
 
 
 async def poll_forever(
-    urls: Callable[[], list[str]], state: TopState, *, interval: float = POLL_INTERVAL
+    urls: Callable[[], list[str]],
+    state: TopState,
+    *,
+    interval: float = POLL_INTERVAL,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> None:
     """Poll the current peer; on failure move on to the next URL (re-reading the list)."""
     index = 0
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT) as client:
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT, transport=transport) as client:
         while True:
             candidates = urls() or []
             if candidates:
@@ -122,6 +131,8 @@ def render(state: TopState, *, now: float | None = None) -> RenderableType:
         parts.append(members_table(state.rows, now=now, stale=state.error is not None))
     elif not state.error:
         parts.append(Text("connecting...", style="dim"))
+    member_states = {str(r.get("name")): str(r.get("state")) for r in state.rows or ()}
+    parts.append(trading_view(state.trading, now=now, member_states=member_states))
     parts.append(Text("Ctrl-C to quit", style="dim"))
     return Group(*parts)
 
@@ -133,12 +144,22 @@ async def run_top(
     redraws_per_second: float = REDRAWS_PER_SECOND,
     poll_interval: float = POLL_INTERVAL,
     frames: int | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> TopState:
-    """Show the live table until cancelled (or for `frames` redraws, for tests)."""
+    """Show the live dashboard until cancelled (or for `frames` redraws, for tests).
+
+    `transport` replaces the network for every request (tests pass a fake cluster)."""
     state = TopState()
     period = 1.0 / redraws_per_second
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: poll_forever(urls, state, interval=poll_interval))
+        nursery.start_soon(
+            lambda: poll_forever(urls, state, interval=poll_interval, transport=transport)
+        )
+        nursery.start_soon(
+            lambda: poll_sources_forever(
+                lambda: state.rows, state.trading, interval=poll_interval, transport=transport
+            )
+        )
         # Redraws are driven from here, not by Live's own thread, so nothing renders off trio.
         with Live(render(state), console=console, auto_refresh=False) as live:
             drawn = 0

@@ -1,4 +1,4 @@
-"""`murmur top`: the live membership table until Ctrl-C."""
+"""`murmur top`: the live cluster dashboard (membership and trading panels) until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,10 +11,16 @@ import trio
 from peer.commands._common import UsageError, add_target_arguments, cluster_urls, target_urls
 
 NAME = "top"
-HELP = "live membership dashboard (Ctrl-C to quit)"
+HELP = "live cluster dashboard: membership, authority, quotes, positions, fills (Ctrl-C to quit)"
 DESCRIPTION = """\
 Show one peer's membership view live, redrawn several times a second: suspect rows are yellow,
 dead rows red, left rows dim, and SINCE says how long ago each member last changed state.
+
+Below it, read from the exchange and the ledger that the membership view names: symbol
+authority (holder, epoch, lease left), active quotes, positions with their versions, recent
+fills, exposure used against the limit, and a line for each authority change as it happens.
+An exchange or ledger that is missing from the view or does not answer is shown as such, with
+its last data dimmed and its age; top never writes anything.
 
 If the peer stops answering, the last view stays on screen (dimmed) with the reason, and top
 keeps retrying; with --cluster (or ./data/cluster.json) it fails over to the next peer of the

@@ -12,6 +12,8 @@ from peer.http import PeerHandle, create_app, serve_http
 from tests.peer.fakes import FakeNode
 from viz.top import TopState, render, run_top
 
+from .fake_cluster import EXCHANGE_URL, PEER_URL, fake_cluster
+
 
 def closed_url() -> str:
     with socket.socket() as s:
@@ -112,3 +114,51 @@ async def test_top_fails_over_to_the_next_peer_of_the_cluster():
     assert state.peer_name == "mm-2"
     assert state.error is None
     assert "view of mm-2" in console.export_text()
+
+
+async def test_top_draws_the_trading_panels_from_the_exchange_and_ledger_in_the_view(
+    autojump_clock,
+):
+    router, exchange, _, _ = fake_cluster()
+    exchange.hold("MSFT", "mm-1", 6)
+    exchange.quote("MSFT", "mm-1", 6)
+    exchange.add_fills(12)
+    console = recording_console()
+
+    async def take_over_midway() -> None:
+        await trio.sleep(1.0)
+        exchange.hold("MSFT", "mm-2", 7)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(take_over_midway)
+        state = await run_top(lambda: [PEER_URL], console=console, frames=40, transport=router)
+    assert state.trading.exchange.error is None and state.trading.ledger.error is None
+    text = console.export_text()
+    for panel in ("AUTHORITY", "ACTIVE QUOTES", "POSITIONS", "EXPOSURE", "RECENT FILLS"):
+        assert panel in text
+    assert "7/10@9990" in text and "800/1000" in text and "ex-0000000004" in text
+    assert [c.line().split(" ", 1)[1] for c in state.trading.changes] == [
+        "MSFT mm-2 epoch 7 (was mm-1 epoch 6)"
+    ]
+    assert "MSFT mm-2 epoch 7 (was mm-1 epoch 6)" in text
+
+
+async def test_top_keeps_running_when_the_exchange_dies_and_shows_it(autojump_clock):
+    router, exchange, _, _ = fake_cluster()
+    exchange.hold("MSFT", "mm-1", 6)
+    console = recording_console()
+
+    async def kill_exchange() -> None:
+        await trio.sleep(1.0)
+        router.down.add(EXCHANGE_URL)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kill_exchange)
+        state = await run_top(lambda: [PEER_URL], console=console, frames=40, transport=router)
+    assert state.trading.exchange.error == "unreachable: connection refused"
+    assert state.trading.exchange_data is not None  # the last good view stays
+    assert state.trading.ledger.error is None
+    last_frame = text_of(render(state, now=state.trading.exchange.last_ok + 9))
+    assert "unreachable: connection refused; showing data from 9.0s ago" in last_frame
+    assert "AUTHORITY · exchange · stale 9.0s" in last_frame
+    assert "800/1000" in last_frame  # the ledger's panels keep their data
