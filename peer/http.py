@@ -247,10 +247,12 @@ async def serve_http(
     shutdown: trio.Event,
     *,
     log: JsonLog | None = None,
+    direct: dict | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `app` on `bind` until `shutdown` is set; reports the bound URL (port 0 works)."""
-    server = HttpServer(app, log=log)
+    """Serve `app` on `bind` until `shutdown` is set; reports the bound URL (port 0 works).
+    `direct` maps (method, raw path) of hot routes to handlers that skip the app."""
+    server = HttpServer(app, log=log, direct=direct or {})
     handle = getattr(app.state, "peer", None)
     if handle is not None:
         handle.http_server = server

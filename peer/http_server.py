@@ -6,6 +6,8 @@ orders/s; this server parses a request with a few bytes operations, calls the ap
 writes the answer in one `send_all` (see docs/BENCH.md, "HTTP server"). It speaks the part of
 HTTP/1.1 that murmur's clients use: keep-alive, pipelined requests answered in order,
 `Content-Length` request bodies, `Expect: 100-continue`, fixed-length or chunked responses, HEAD.
+A few hot routes (the exchange's `POST /orders`) can be registered as direct handlers that take
+the body and return JSON bytes, skipping the ASGI layers; everything else goes to the app.
 
 What it must never do: hand the app a request it did not fully read and check, or let bad input
 crash the peer. A malformed request gets a 4xx JSON answer naming the problem and the connection
@@ -29,6 +31,8 @@ from gossip.types import Address
 from peer.addresses import http_url
 from peer.logs import JsonLog
 
+# A hot route served without the app: request body in, (status, JSON bytes) out.
+DirectHandler = Callable[[bytes], Awaitable[tuple[int, bytes]]]
 Asgi = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 MAX_HEAD = 64 * 1024
@@ -237,10 +241,31 @@ class _Connection:
                 await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await self._read_body(req.content_length)
             self.server.stats["requests"] += 1
-            keep_alive = await self._run_app(req, body)
+            direct = self.server.direct.get((req.method, req.raw_path)) if not req.query else None
+            if direct is not None:
+                keep_alive = await self._run_direct(direct, req, body)
+            else:
+                keep_alive = await self._run_app(req, body)
             self.busy = False
             if not keep_alive:
                 return
+
+    async def _run_direct(self, handler: DirectHandler, req: ParsedHead, body: bytes) -> bool:
+        """A hot route answered without the ASGI app: the handler gets the body, returns JSON."""
+        try:
+            status, payload = await handler(body)
+        except Exception as exc:  # noqa: BLE001 - the handler's bug must not take the peer down
+            self.server.stats["app_errors"] += 1
+            if self.server.log is not None:
+                self.server.log("http_app_error", path=req.raw_path.decode(), method=req.method, error=repr(exc)[:300])
+            await self._send_quietly(_error_response(500, f"internal error: {type(exc).__name__}"))
+            return False
+        keep_alive = req.keep_alive and not self.closing
+        await self.stream.send_all(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
+            % (status, _reason(status), len(payload), b"" if keep_alive else b"connection: close\r\n", payload)
+        )
+        return keep_alive
 
     async def _run_app(self, req: ParsedHead, body: bytes) -> bool:
         """Run the app for one request; True if the connection may carry another."""
@@ -374,6 +399,9 @@ class HttpServer:
 
     app: Asgi
     log: JsonLog | None = None
+    # (method, raw path) -> handler, for the few hot routes that skip the framework; a request
+    # with a query string always goes to the app.
+    direct: dict[tuple[str, bytes], DirectHandler] = field(default_factory=dict)
     connections: set[_Connection] = field(default_factory=set)
     stats: dict[str, int] = field(
         default_factory=lambda: {"connections": 0, "requests": 0, "bad_requests": 0, "timeouts": 0, "app_errors": 0}

@@ -184,8 +184,13 @@ async def _run_peer(
                 app = create_app(handle, extra_routes)
                 app.state.exchange = exchange
                 app.state.ledger = ledger
+                direct = None
+                if exchange is not None:
+                    from peer.exchange_http import exchange_direct_routes
+
+                    direct = exchange_direct_routes(exchange)
                 bound_url = await nursery.start(
-                    partial(serve_http, app, opts.http, http_stop, log=log)
+                    partial(serve_http, app, opts.http, http_stop, log=log, direct=direct)
                 )
                 handle.http_url = _advertised_url(bound_url, opts.http, gossip_addr)
 

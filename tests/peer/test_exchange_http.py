@@ -143,3 +143,38 @@ async def test_exchange_status_reports_counters_and_tape_stats(api):
     assert r.status_code == 200
     body = r.json()
     assert body["accepted"] == 2 and body["tape"]["records"] >= 3 and body["symbols"] == ["AAPL", "MSFT"]
+
+
+async def test_orders_served_directly_answer_like_the_route_good_and_bad(tmp_path):
+    """POST /orders skips the framework on a real server (exchange_direct_routes); the answers
+    must be the route's, byte for byte in meaning, and bad input must change nothing."""
+    from peer.exchange_http import exchange_direct_routes
+    from peer.http import serve_http
+
+    service = ExchangeService(tmp_path, symbols=["AAPL", "MSFT"], lease_duration=5.0)
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        app = create_app(PeerHandle(role="exchange", profile="local", node=FakeNode("exchange")), exchange_routes())
+        app.state.exchange = service
+        url = await nursery.start(
+            lambda task_status: serve_http(app, ("127.0.0.1", 0), shutdown, direct=exchange_direct_routes(service),
+                                           task_status=task_status))
+        async with httpx.AsyncClient(base_url=url) as c:
+            order = {"order_id": "d1", "symbol": "AAPL", "side": "buy", "type": "limit", "quantity": 2,
+                     "limit_price": 100}
+            good = await c.post("/orders", json=order)
+            assert good.status_code == 201 and good.json()["order"]["order_id"] == "d1"
+            before = service.counters["accepted"]
+            bad = await c.post("/orders", content=b"{not json")
+            assert bad.status_code == 400 and bad.json()["field"] == "body"
+            unknown = await c.post("/orders", json={**order, "order_id": "d2", "colour": "red"})
+            assert unknown.status_code == 400 and unknown.json()["field"] == "colour"
+            missing = await c.post("/orders", json={k: v for k, v in order.items() if k != "order_id"})
+            assert missing.status_code == 400 and missing.json()["field"] == "order_id"
+            assert service.counters["accepted"] == before
+            # The same path with a query string, or another method, still reaches the app.
+            assert (await c.get("/orders")).status_code == 405
+        shutdown.set()
+        nursery.cancel_scope.cancel()
+    assert app.state.peer.http_server.stats["requests"] == 5
