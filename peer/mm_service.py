@@ -124,6 +124,7 @@ class MarketMakerService:
         self._authority_wakeup = trio.Event()
         self._symbol_wakeup: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        self._leaving = False
         self.ready = trio.Event()
 
     # --- wiring -------------------------------------------------------------------------------
@@ -221,7 +222,10 @@ class MarketMakerService:
         assert self.authority is not None
         while True:
             now = self.clock()
-            owners = assignment(self.symbols, candidates_from_view(self.members()))
+            if self._leaving:
+                owners: dict[str, str | None] = dict.fromkeys(self.symbols)
+            else:
+                owners = assignment(self.symbols, candidates_from_view(self.members()))
             self._view_changed = trio.Event()
             self._authority_wakeup = trio.Event()
             self._handle(self.authority.set_owners(owners, now), wake=False)
@@ -492,6 +496,19 @@ class MarketMakerService:
                         planner.on_reference_price(price, now)
                         self._wake(symbol)
             await trio.sleep(PRICE_POLL)
+
+    async def leave(self) -> None:
+        """Before the peer leaves the cluster: give every symbol back (a hand-over, so the next
+        owner need not wait for a lease to run out) and wait until the exchange has them all.
+        Bounded by the caller; whatever is not released by then expires with its lease."""
+        self._leaving = True
+        self._view_changed.set()
+        if self.authority is None:
+            return
+        busy = (Phase.HELD, Phase.RELEASING, Phase.CLAIMING)
+        while any(self.authority.phase(s) in busy for s in self.symbols):
+            await trio.sleep(0.01)
+        self.log("mm_left", released=self.stats.releases)
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -246,6 +246,10 @@ async def _run_peer(
                 if opts.stop_watchdog is not None:
                     watchdog = _start_watchdog(log, opts.stop_watchdog)
                 log("peer_stopping", members=node.counts())
+                mm = getattr(app.state, "mm", None)
+                if mm is not None:
+                    with trio.move_on_after(LEAVE_BOUND / 2):
+                        await mm.leave()
                 with trio.move_on_after(LEAVE_BOUND) as leave_scope:
                     await node.leave()
                 log("peer_left", completed=not leave_scope.cancelled_caught)

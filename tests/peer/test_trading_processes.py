@@ -89,9 +89,15 @@ async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave(tmp_path):
         os.kill(cluster.peer(leaver)["pid"], signal.SIGTERM)
         await wait_quoted_by(client, cluster, assignment(SYMBOLS, ["mm-1", "mm-2"]), 10,
                              "the leaver's symbols handed over")
-        handed = [line for line in log_lines(cluster, leaver)
-                  if line["event"] == "mm_authority" and line["reason"] == "released:hand-over"]
-        assert handed, "the leaver released its symbols (a hand-over, not a lease running out)"
+        lines = log_lines(cluster, leaver)
+        stopping = next(i for i, line in enumerate(lines) if line["event"] == "peer_stopping")
+        handed = {line["symbol"] for line in lines[stopping:]
+                  if line["event"] == "mm_authority" and line["reason"] == "released:hand-over"}
+        held = {s for s, o in assignment(SYMBOLS, mms).items() if o == leaver}
+        assert held, "rendezvous gave the leaver nothing: pick another leaver"
+        # It gave its symbols back before leaving: a hand-over, not a lease running out.
+        assert handed == held, (handed, held)
+        assert any(line["event"] == "mm_left" for line in lines[stopping:])
     result = murmur_check(tmp_path / "c")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "HELD" in result.stdout
