@@ -399,6 +399,9 @@ class MarketMakerService:
                                        {"ttl": self.planner_config.quote_ttl + RESERVATION_MARGIN})
             if renewed is None or renewed.status != 200:
                 # Without a reservation that outlives the refreshed TTL, publish a new quote instead.
+                self.log("mm_reservation_renew_failed", symbol=attempt.symbol, quote_id=attempt.quote_id,
+                         reservation_id=rid, status=None if renewed is None else renewed.status,
+                         reason=None if renewed is None else renewed.json().get("reason"))
                 planner.on_result(attempt, accepted=False, reason="reservation-renew-failed", now=self.clock())
                 return
         if not self._may_quote(attempt):

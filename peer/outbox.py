@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import httpx
 import trio
 
 from peer.exchange_service import ExchangeService
+from peer.http_client import HttpClient, HttpError
 
 BATCH = 200
 
@@ -27,14 +27,15 @@ async def deliver_fills(
     service: ExchangeService,
     ledger_url: Callable[[], str | None],
     *,
-    client: httpx.AsyncClient | None = None,
+    client_factory: Callable[[str], HttpClient] | None = None,
     retry_min: float = 0.05,
     retry_max: float = 2.0,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run forever: push unacknowledged fills to the ledger, backing off while it is away."""
-    own = client is None
-    client = client or httpx.AsyncClient(timeout=5.0)
+    # One keep-alive client per ledger URL (the ledger may come back at another address).
+    clients: dict[str, HttpClient] = {}
+    make = client_factory or (lambda url: HttpClient(url, max_connections=1, timeout=5.0))
     backoff = retry_min
     service.outbox_stats.update(batches=0, delivered=0, failures=0)
     task_status.started()
@@ -51,16 +52,18 @@ async def deliver_fills(
                 await trio.sleep(backoff)
                 backoff = min(retry_max, backoff * 2)
                 continue
+            client = clients.get(url) or clients.setdefault(url, make(url))
             try:
-                r = await client.post(f"{url}/fills", json={"fills": [f.to_json() for f in pending]})
-                ok = r.status_code // 100 == 2
-            except httpx.HTTPError as exc:
+                r = await client.post("/fills", json={"fills": [f.to_json() for f in pending]})
+                ok = r.status // 100 == 2
+            except HttpError as exc:
                 ok, r = False, None
-                service.log("outbox_error", ledger=url, error=type(exc).__name__)
+                service.log("outbox_error", ledger=url, error=str(exc)[:200])
             if not ok:
                 service.outbox_stats["failures"] += 1
                 if r is not None:
-                    service.log("outbox_refused", ledger=url, status=r.status_code, body=r.text[:300])
+                    service.log("outbox_refused", ledger=url, status=r.status,
+                                body=r.body[:300].decode("utf-8", "replace"))
                 await trio.sleep(backoff)
                 backoff = min(retry_max, backoff * 2)
                 continue
@@ -69,6 +72,6 @@ async def deliver_fills(
             service.outbox_stats["delivered"] += len(pending)
             await service.record_ledger_ack(pending[-1].seq)
     finally:
-        if own:
-            with trio.CancelScope(shield=True):
-                await client.aclose()
+        with trio.CancelScope(shield=True):
+            for c in clients.values():
+                await c.aclose()

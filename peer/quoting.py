@@ -182,6 +182,7 @@ class ActiveQuote:
     position_version: int
     reference_price: int
     sent_at: float  # first send of its activation or latest refresh: the TTL ran from later
+    filled: bool = False  # a fill took some of it: its legs no longer offer the terms
 
 
 @dataclass(slots=True)
@@ -257,6 +258,8 @@ class QuotePlanner:
             self._pending is not None and self._pending.attempt.quote_id == quote_id)
         if not ours or self.position is None:
             return  # a quote already replaced: its successor came from a newer position anyway
+        if self.active is not None and self.active.quote_id == quote_id:
+            self.active.filled = True  # never refreshed again: a refresh would keep depleted legs
         if self._fill is None:
             self._fill = _FillNotice(now, self.position.position_version)
 
@@ -275,11 +278,14 @@ class QuotePlanner:
             return False
         self._pending = None
         if not accepted:
+            if attempt.kind == "refresh":
+                # It is not live as we thought (expired, filled out, its reservation used up):
+                # a new quote at once, not after the retry interval with nothing quoted.
+                self.active = None
+                return True
             # "reservation-rejected", a fence reason, "quote-id-reused"...: try again later; the
             # authority core stops us if the fence said we no longer hold the symbol.
             self._retry_at = now + self.config.retry_interval
-            if attempt.kind == "refresh":
-                self.active = None  # it is not live as we thought: the next attempt is a new quote
             return True
         if attempt.kind == "cancel":
             self.active = None
@@ -373,7 +379,7 @@ class QuotePlanner:
                 return None
             kind: AttemptKind = "cancel"
             quote_id, sent_terms = a.quote_id, None
-        elif a is not None and terms == a.requested:
+        elif a is not None and terms == a.requested and not a.filled:
             # Same terms: a refresh keeps the legs' time priority and the quote's reservation.
             kind, quote_id, sent_terms = "refresh", a.quote_id, a.terms
         else:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from functools import partial
-
-import httpx
 import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from peer.exchange_service import ExchangeService
+from peer.http import serve_http
 from peer.outbox import deliver_fills
 
 
@@ -100,21 +102,19 @@ async def test_outbox_delivers_every_fill_in_order_until_acknowledged_and_resume
     received: list[str] = []
     failures = {"left": 2}
 
-    def ledger(request: httpx.Request) -> httpx.Response:
+    async def ledger(request: Request) -> JSONResponse:
         if failures["left"]:
             failures["left"] -= 1
-            return httpx.Response(503, json={"error": "starting"})
-        body = httpx.Request("POST", "http://x", content=request.content).read()
-        import json
+            return JSONResponse({"error": "starting"}, status_code=503)
+        received.extend(f["fill_id"] for f in (await request.json())["fills"])
+        return JSONResponse({"ok": True})
 
-        received.extend(f["fill_id"] for f in json.loads(body)["fills"])
-        return httpx.Response(200, json={"ok": True})
-
-    client = httpx.AsyncClient(transport=httpx.MockTransport(ledger))
+    app = Starlette(routes=[Route("/fills", ledger, methods=["POST"])])
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_http, app, ("127.0.0.1", 0), trio.Event())
             service = await started(nursery, tmp_path, clock)
-            await nursery.start(partial(deliver_fills, service, lambda: "http://ledger", client=client))
+            await nursery.start(deliver_fills, service, lambda: url)
             await trade(service, clock)
             while service.ledger_acked < 3:
                 await trio.sleep(0.01)
@@ -122,9 +122,10 @@ async def test_outbox_delivers_every_fill_in_order_until_acknowledged_and_resume
             assert service.outbox_stats["failures"] == 2
             nursery.cancel_scope.cancel()
         async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_http, app, ("127.0.0.1", 0), trio.Event())
             again = await started(nursery, tmp_path, clock)
             assert again.ledger_acked == 3, "the acknowledged position is on the tape"
-            await nursery.start(partial(deliver_fills, again, lambda: "http://ledger", client=client))
+            await nursery.start(deliver_fills, again, lambda: url)
             clock.t += 0.1
             answer = await again.command("submit_order", {"order_id": "b9", "symbol": "AAPL", "side": "buy",
                                                           "type": "limit", "quantity": 1, "limit_price": 101})
@@ -147,3 +148,24 @@ async def test_ticker_withdraws_a_quote_whose_lease_ran_out(tmp_path):
                 await trio.sleep(0.01)
             assert service.core.quotes["q1"].ended_reason == "lease-expired"
             nursery.cancel_scope.cancel()
+
+
+async def test_command_batch_runs_in_order_is_durable_together_and_answers_bad_ones_with_their_error(tmp_path):
+    from book.exchange import CommandError
+    from peer.tape import TapeReader
+
+    clock = Clock()
+    async with trio.open_nursery() as nursery:
+        service = await started(nursery, tmp_path, clock)
+        order = {"symbol": "AAPL", "side": "buy", "type": "limit", "quantity": 1, "limit_price": 100}
+        answers = await service.command_batch([
+            ("submit_order", {"order_id": "a", **order}),
+            ("submit_order", {"order_id": "b", **order, "quantity": "many"}),
+            ("cancel_order", {"order_id": "a"}),
+        ])
+        assert answers[0]["accepted"] and isinstance(answers[1], CommandError) and answers[2]["reason"] == "cancelled"
+        assert service.tape.durable_seq == service.tape.last_seq
+        nursery.cancel_scope.cancel()
+    kinds = [(r["type"], r["args"].get("order_id")) for r in TapeReader(tmp_path / "exchange.tape").records()
+             if r["type"] != "genesis"]
+    assert kinds == [("submit_order", "a"), ("cancel_order", "a")]

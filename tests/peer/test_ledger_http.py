@@ -334,7 +334,6 @@ async def test_ledger_status_counts_and_common_endpoints_are_there(api):
 
 
 async def test_the_exchanges_outbox_delivers_every_fill_exactly_once_to_the_ledger(tmp_path):
-    from functools import partial
 
     from peer.exchange_service import ExchangeService
     from peer.http import serve_http
@@ -355,7 +354,7 @@ async def test_the_exchanges_outbox_delivers_every_fill_exactly_once_to_the_ledg
             async with httpx.AsyncClient(base_url=url) as client:
                 rid = (await client.post("/reservations", json=reservation(bid_quantity=20, ask_quantity=20))).json()[
                     "reservation"]["reservation_id"]
-                await nursery.start(partial(deliver_fills, exchange, lambda: url, client=client))
+                await nursery.start(deliver_fills, exchange, lambda: url)
                 assert (await exchange.command("claim", {"symbol": "AAPL", "holder": "mm-1", "epoch": 1}))["accepted"]
                 q = await exchange.command("put_quote", {
                     "symbol": "AAPL", "holder": "mm-1", "epoch": 1, "seq": 1, "quote_id": "q1", "bid_price": 99,

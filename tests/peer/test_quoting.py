@@ -383,3 +383,23 @@ def test_attempts_never_go_back_to_an_older_position_and_retries_keep_their_key(
             issued[a.seq] = a
             highest_version_quoted = a.position_version
         in_flight = a
+
+
+def test_a_partly_filled_quote_is_replaced_not_refreshed_even_when_the_terms_come_out_the_same():
+    p = planner()
+    a = activate(p, 0.0)
+    p.on_fill(a.quote_id, 1.0)  # one side partly taken; the quote itself is still live
+    p.on_position(0, 2, 1.01)  # fills that net out: the same terms as before
+    b = p.poll(1.01)
+    assert b.kind == "new" and b.reason == "fill" and b.quote_id != a.quote_id
+    assert b.terms == a.terms
+
+
+def test_a_refused_refresh_becomes_a_new_quote_at_once():
+    p = planner()
+    a = activate(p, 0.0)
+    r = p.poll(5.0)
+    assert r.kind == "refresh"
+    assert p.on_result(r, accepted=False, reason="reservation-renew-failed", now=5.01)
+    n = p.poll(5.01)
+    assert n is not None and n.kind == "new" and n.quote_id != a.quote_id
