@@ -218,11 +218,16 @@ class ExchangeService:
                  fills=[f["fill_id"] for f in answer.get("fills", [])] or None,
                  withdrawn=[w["quote_id"] for w in answer.get("withdrawn", [])] or None)
 
-    async def record_ledger_ack(self, up_to: int) -> None:
-        assert self.tape is not None
-        if up_to > self.ledger_acked:
-            self.ledger_acked = up_to
-            await self._append({"type": "ledger_ack", "at": self.clock(), "up_to": up_to})
+    def note_ledger_ack(self, up_to: int) -> dict[str, Any] | None:
+        """The ledger has every fill up to `up_to`: move the cursor; the record to persist, if it moved."""
+        if up_to <= self.ledger_acked:
+            return None
+        self.ledger_acked = up_to
+        return {"type": "ledger_ack", "at": self.clock(), "up_to": up_to}
+
+    async def persist(self, record: dict[str, Any]) -> None:
+        """Append a record of the exchange's own (not a command) and wait until it is durable."""
+        await self._append(record)
 
     async def _append(self, record: dict[str, Any]) -> int:
         assert self.tape is not None

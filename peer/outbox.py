@@ -3,7 +3,9 @@
 What it is for: at-least-once delivery of fills to the ledger peer (found through membership:
 the alive member with role `ledger`). Fills are durable on the exchange's tape before they
 exist for anyone, so the tape is the outbox; the acknowledged position (`ledger_acked`) is a tape
-record too, so a restarted exchange resumes where the ledger last confirmed. The ledger makes
+record too, so a restarted exchange resumes where the ledger last confirmed. That record is
+written while the next batch goes out, not waited for: a crash may lose the last one, and then
+a few acknowledged fills are sent again, which the ledger answers as duplicates. The ledger makes
 delivery exactly once by `fill_id`. Batches are sent in fill order and the cursor only moves
 past a fill the ledger acknowledged.
 
@@ -36,42 +38,60 @@ async def deliver_fills(
     # One keep-alive client per ledger URL (the ledger may come back at another address).
     clients: dict[str, HttpClient] = {}
     make = client_factory or (lambda url: HttpClient(url, max_connections=1, timeout=5.0))
-    backoff = retry_min
     service.outbox_stats.update(batches=0, delivered=0, failures=0)
     task_status.started()
     try:
-        while True:
-            core = service.core
-            assert core is not None
-            pending = core.fills_after(service.ledger_acked, BATCH)
-            if not pending:
-                await service.fill_added.wait()
-                continue
-            url = ledger_url()
-            if url is None:
-                await trio.sleep(backoff)
-                backoff = min(retry_max, backoff * 2)
-                continue
-            client = clients.get(url) or clients.setdefault(url, make(url))
-            try:
-                r = await client.post("/fills", json={"fills": [f.to_json() for f in pending]})
-                ok = r.status // 100 == 2
-            except HttpError as exc:
-                ok, r = False, None
-                service.log("outbox_error", ledger=url, error=str(exc)[:200])
-            if not ok:
-                service.outbox_stats["failures"] += 1
-                if r is not None:
-                    service.log("outbox_refused", ledger=url, status=r.status,
-                                body=r.body[:300].decode("utf-8", "replace"))
-                await trio.sleep(backoff)
-                backoff = min(retry_max, backoff * 2)
-                continue
-            backoff = retry_min
-            service.outbox_stats["batches"] += 1
-            service.outbox_stats["delivered"] += len(pending)
-            await service.record_ledger_ack(pending[-1].seq)
+        async with trio.open_nursery() as acks:
+            await _deliver(service, ledger_url, clients, make, retry_min, retry_max, acks)
     finally:
         with trio.CancelScope(shield=True):
             for c in clients.values():
                 await c.aclose()
+
+
+async def _deliver(
+    service: ExchangeService,
+    ledger_url: Callable[[], str | None],
+    clients: dict[str, HttpClient],
+    make: Callable[[str], HttpClient],
+    retry_min: float,
+    retry_max: float,
+    acks: trio.Nursery,
+) -> None:
+    backoff = retry_min
+    while True:
+        core = service.core
+        assert core is not None
+        pending = core.fills_after(service.ledger_acked, BATCH)
+        if not pending:
+            await service.fill_added.wait()
+            continue
+        url = ledger_url()
+        if url is None:
+            await trio.sleep(backoff)
+            backoff = min(retry_max, backoff * 2)
+            continue
+        client = clients.get(url) or clients.setdefault(url, make(url))
+        try:
+            r = await client.post("/fills", json={"fills": [f.to_json() for f in pending]})
+            ok = r.status // 100 == 2
+        except HttpError as exc:
+            ok, r = False, None
+            service.log("outbox_error", ledger=url, error=str(exc)[:200])
+        if not ok:
+            service.outbox_stats["failures"] += 1
+            if r is not None:
+                service.log("outbox_refused", ledger=url, status=r.status,
+                            body=r.body[:300].decode("utf-8", "replace"))
+            await trio.sleep(backoff)
+            backoff = min(retry_max, backoff * 2)
+            continue
+        backoff = retry_min
+        service.outbox_stats["batches"] += 1
+        service.outbox_stats["delivered"] += len(pending)
+        # The cursor moves now; its tape record is written while the next batch goes out.
+        # Losing that record in a crash only means sending a few fills again, which the
+        # ledger answers as duplicates: the wait for its fsync is not worth a delivery's time.
+        record = service.note_ledger_ack(pending[-1].seq)
+        if record is not None:
+            acks.start_soon(service.persist, record)

@@ -190,6 +190,7 @@ class _Pending:
     attempt: QuoteAttempt
     first_sent_at: float
     resend_at: float | None = None  # set once it timed out: in flight until then
+    filled: bool = False  # a fill of its quote arrived before the exchange's answer did
 
 
 @dataclass(slots=True)
@@ -260,6 +261,8 @@ class QuotePlanner:
             return  # a quote already replaced: its successor came from a newer position anyway
         if self.active is not None and self.active.quote_id == quote_id:
             self.active.filled = True  # never refreshed again: a refresh would keep depleted legs
+        if self._pending is not None and self._pending.attempt.quote_id == quote_id:
+            self._pending.filled = True  # it filled on arrival; its answer is still on the way
         if self._fill is None:
             self._fill = _FillNotice(now, self.position.position_version)
 
@@ -297,7 +300,7 @@ class QuotePlanner:
             assert attempt.terms is not None
             self.active = ActiveQuote(attempt.quote_id, live_terms or attempt.terms, attempt.terms,
                                       attempt.position_version, attempt.reference_price,
-                                      p.first_sent_at)
+                                      p.first_sent_at, filled=p.filled)
         return True
 
     def on_timeout(self, attempt: QuoteAttempt, now: float) -> None:

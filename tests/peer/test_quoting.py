@@ -403,3 +403,13 @@ def test_a_refused_refresh_becomes_a_new_quote_at_once():
     assert p.on_result(r, accepted=False, reason="reservation-renew-failed", now=5.01)
     n = p.poll(5.01)
     assert n is not None and n.kind == "new" and n.quote_id != a.quote_id
+
+
+def test_a_quote_filled_before_its_answer_came_back_is_replaced_not_refreshed():
+    p = planner()
+    a = p.poll(0.0)
+    p.on_fill(a.quote_id, 0.001)  # filled on arrival; the PUT's answer is still on the way
+    assert p.on_result(a, accepted=True, reason="activated", now=0.002)
+    p.on_position(0, 2, 0.01)  # the same terms come out
+    b = p.poll(0.01)
+    assert b.kind == "new" and b.quote_id != a.quote_id
