@@ -68,6 +68,11 @@ class TapeFacts:
     fills: dict[str, dict[str, Any]] = field(default_factory=dict)  # fill_id -> fill
     fill_order: list[str] = field(default_factory=list)
     ledger_acked: int = 0  # fills with seq <= this were acknowledged by the ledger
+    acks: list[tuple[float, int]] = field(default_factory=list)  # (at, up_to) of each ack record
+
+    def acked_by(self, t: float) -> int:
+        """The acknowledged position as of time t (the ledger may be a snapshot older than the tape)."""
+        return max((up_to for at, up_to in self.acks if at <= t), default=0)
     quotes: dict[str, dict[str, Any]] = field(default_factory=dict)  # quote_id -> put_quote args + at
 
 
@@ -122,6 +127,7 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
             continue
         if kind == "ledger_ack":
             facts.ledger_acked = max(facts.ledger_acked, int(rec["up_to"]))
+            facts.acks.append((at, int(rec["up_to"])))
             continue
         accepted = rec.get("accepted")
         symbol = rec.get("symbol")
@@ -176,9 +182,12 @@ FILL_FIELDS = ("fill_id", "seq", "order_id", "symbol", "side", "quantity", "pric
                "reservation_id", "created_at")
 
 
-def check_ledger(conn: Any, facts: TapeFacts | None, limit: int) -> list[Verdict]:
+def check_ledger(conn: Any, facts: TapeFacts | None, limit: int, snapshot_at: float = math.inf) -> list[Verdict]:
     """Invariants 2 (ledger half), 3 and 4 over the ledger's database (an sqlite3 connection
-    with `row_factory = sqlite3.Row`), cross-checked with the tape's facts when there are some."""
+    with `row_factory = sqlite3.Row`), cross-checked with the tape's facts when there are some.
+
+    `snapshot_at`: when the ledger's snapshot was taken, for a running cluster. The tape is read
+    after it, so it may hold more; what happened after the snapshot is not judged against it."""
     once = Verdict("2", "the ledger holds each fill once, as the exchange created it, and every acknowledged one", True)
     derived = Verdict("3", "net_quantity is the signed sum of the fills; versions rise by one per fill", True)
     limited = Verdict("4", f"active reservations never held more than {limit} per side", True)
@@ -219,11 +228,11 @@ def check_ledger(conn: Any, facts: TapeFacts | None, limit: int) -> list[Verdict
         derived.violate(f"position {symbol} exists with no fills")
     in_ledger = {r["fill_id"] for r in rows}
     if facts is not None:
-        missing = [fid for fid in facts.fill_order if facts.fills[fid]["seq"] <= facts.ledger_acked
-                   and fid not in in_ledger]
+        acked = facts.acked_by(snapshot_at)
+        missing = [fid for fid in facts.fill_order if facts.fills[fid]["seq"] <= acked and fid not in in_ledger]
         for fid in missing:
             once.violate(f"fill {fid} was acknowledged to the exchange but is not in the ledger")
-        once.counts = {"ledger_fills": len(rows), "tape_fills": len(facts.fills), "acknowledged": facts.ledger_acked,
+        once.counts = {"ledger_fills": len(rows), "tape_fills": len(facts.fills), "acknowledged": acked,
                        "not_yet_delivered": sum(1 for fid in facts.fill_order if fid not in in_ledger)}
     else:
         once.counts = {"ledger_fills": len(rows)}
@@ -235,7 +244,7 @@ def check_ledger(conn: Any, facts: TapeFacts | None, limit: int) -> list[Verdict
         backed.held = None
         backed.note = "no tape: quotes are on the exchange's tape"
     else:
-        _check_backing(conn, facts, backed)
+        _check_backing(conn, facts, backed, snapshot_at)
     return [once, derived, limited, backed]
 
 
@@ -282,9 +291,13 @@ def _check_exposure(conn: Any, limit: int, verdict: Verdict) -> None:
     verdict.counts = {"reservations": n, "peak_bid": worst[0], "peak_ask": worst[1]}
 
 
-def _check_backing(conn: Any, facts: TapeFacts, verdict: Verdict) -> None:
+def _check_backing(conn: Any, facts: TapeFacts, verdict: Verdict, snapshot_at: float) -> None:
     reservations = {r["reservation_id"]: r for r in conn.execute("SELECT * FROM reservations")}
+    later = 0
     for qid, q in facts.quotes.items():
+        if q["at"] >= snapshot_at:
+            later += 1  # activated after the ledger's snapshot: its reservation may be newer too
+            continue
         rid = q.get("reservation_id")
         r = reservations.get(rid) if rid else None
         if r is None:
@@ -296,9 +309,12 @@ def _check_backing(conn: Any, facts: TapeFacts, verdict: Verdict) -> None:
         if q["bid_quantity"] > r["reserved_bid_quantity"] or q["ask_quantity"] > r["reserved_ask_quantity"]:
             verdict.violate(f"quote {qid} offered {q['bid_quantity']}/{q['ask_quantity']}, reservation {rid} "
                             f"granted {r['reserved_bid_quantity']}/{r['reserved_ask_quantity']}")
-        live_until = min(q.get("ended_at", math.inf), q["expires_at"])
+        # Judged up to the snapshot: a refresh and its reservation's renewal after it are unseen.
+        live_until = min(q.get("ended_at", math.inf), q["expires_at"], snapshot_at)
         covered_until = min(r["expires_at"], r["ended_at"] if r["ended_at"] is not None else math.inf)
         if r["created_at"] > q["at"] or covered_until < live_until:
             verdict.violate(f"quote {qid} was live from {q['at']:.6f} to {live_until:.6f}; reservation {rid} "
                             f"covered {r['created_at']:.6f} to {covered_until:.6f}")
-    verdict.counts = {"quotes": len(facts.quotes), "reservations": len(reservations)}
+    verdict.counts = {"quotes": len(facts.quotes) - later, "reservations": len(reservations)}
+    if later:
+        verdict.counts["after_snapshot"] = later

@@ -172,7 +172,7 @@ class ExchangeAnswer:
 @dataclass(frozen=True, slots=True)
 class AuthorityConfig:
     lease_duration: float = 2.0  # the exchange's --lease; never trust a longer lease than this
-    drift_margin: float = 0.1  # taken off every lease: our clock may run faster than the exchange's
+    drift_margin: float = 0.1  # taken off every lease: the exchange's clock may run faster than ours
     quote_margin: float = 0.1  # no quote op this close to the local lease end: it may land late
     renew_fraction: float = 1 / 3  # renew after this share of the lease
     backoff_base: float = 0.05  # first retry after a refused claim

@@ -508,10 +508,11 @@ class MarketMakerService:
         self._view_changed.set()
         if self.authority is None:
             return
+        before = self.stats.releases
         busy = (Phase.HELD, Phase.RELEASING, Phase.CLAIMING)
         while any(self.authority.phase(s) in busy for s in self.symbols):
             await trio.sleep(0.01)
-        self.log("mm_left", released=self.stats.releases)
+        self.log("mm_left", released=self.stats.releases - before)
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,9 @@ invariant from the records themselves, not from the code that wrote them:
 Invariants 5 (membership), 6 (liveness) and 7 (determinism) are about behaviour over time and
 are checked by tests and benchmarks (docs/invariants.md), not from these files.
 
-The files are only read. A running cluster can be checked: fills the exchange has not yet
-delivered to the ledger are counted, not reported. The exchange and the ledger must share a
+The files are only read. A running cluster can be checked: the ledger is read first, as one
+snapshot, then the tape, and what happened after the snapshot is not judged against it (fills
+not yet delivered are counted, not reported; quotes activated after it are skipped). The exchange and the ledger must share a
 clock (as with `murmur launch`): reservations and quotes are compared by time.
 
 Exit status: 0 all checked invariants held, 1 one was violated (or a file is corrupt), 2 nothing
@@ -70,6 +73,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     verdicts: list[Verdict] = []
     problems: list[str] = []
+    conn = None
+    snapshot_at = math.inf
+    if ledger_path is not None:
+        try:
+            # The ledger first, as a pinned read snapshot; the tape after it. The tape then holds
+            # everything the snapshot refers to, and a running cluster is judged up to the snapshot.
+            conn = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("BEGIN")
+            conn.execute("SELECT COUNT(*) FROM fills").fetchone()
+            snapshot_at = time.time()
+        except sqlite3.DatabaseError as exc:
+            problems.append(f"ledger {ledger_path}: {exc} (see docs/runbook.md, 'Damaged ledger database')")
+            conn = None
     facts = None
     if tape_path is not None:
         try:
@@ -77,16 +94,13 @@ def run(args: argparse.Namespace) -> int:
             verdicts += tape_verdicts
         except (CorruptTape, NotATape) as exc:
             problems.append(f"tape {tape_path}: {exc}")
-    if ledger_path is not None:
+    if conn is not None:
         try:
-            conn = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
-            conn.row_factory = sqlite3.Row
-            try:
-                verdicts += check_ledger(conn, facts, args.exposure_limit)
-            finally:
-                conn.close()
+            verdicts += check_ledger(conn, facts, args.exposure_limit, snapshot_at)
         except sqlite3.DatabaseError as exc:
             problems.append(f"ledger {ledger_path}: {exc} (see docs/runbook.md, 'Damaged ledger database')")
+        finally:
+            conn.close()
     report: dict[str, Any] = {
         "data_dir": str(data_dir),
         "tape": str(tape_path) if tape_path else None,

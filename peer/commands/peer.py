@@ -12,6 +12,7 @@ import trio
 
 from peer.addresses import format_address
 from peer.commands._common import (
+    UsageError,
     address_arg,
     address_list_arg,
     node_name_arg,
@@ -184,6 +185,13 @@ def _refusals() -> tuple[type[BaseException], ...]:
 
 def run(args: argparse.Namespace) -> int:
     opts = options_from(args)
+    if opts.role == "mm":
+        from peer.mm_authority import AuthorityConfig
+
+        try:
+            AuthorityConfig(lease_duration=opts.lease)
+        except ValueError as exc:
+            raise UsageError(f"--lease {opts.lease:g} is too short for a market maker: {exc}") from None
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a peer that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:

@@ -92,3 +92,22 @@ async def test_a_shrinking_epoch_and_a_duplicated_fill_are_violations(tmp_path):
     assert verdicts["accepted claims carry epochs that only grow, per symbol"].held is False
     unique = verdicts["every fill on the tape has a unique fill_id and the fill seqs run 1, 2, 3..."]
     assert unique.held is False and "already recorded" in unique.evidence[0]
+
+
+def test_murmur_check_on_a_directory_with_no_tape_and_no_ledger_exits_2(tmp_path, capsys):
+    from peer.cli import main
+
+    assert main(["check", str(tmp_path)]) == 2
+    assert "no exchange.tape and no ledger.db" in capsys.readouterr().err
+
+
+async def test_murmur_check_on_an_honest_tape_alone_holds_and_says_what_it_could_not_check(tmp_path, capsys):
+    from peer.cli import main
+
+    await takeover_history(tmp_path / "exchange")
+    assert main(["check", str(tmp_path), "--json"]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["ledger"] is None and report["result"] == "held"
+    assert {v["invariant"] for v in report["verdicts"]} == {"1", "2"}

@@ -52,6 +52,8 @@ async def run_cli(*argv: str) -> int:
         (["peer", "--role", "mm", "--set", "nope=1"], "unknown gossip parameter"),
         (["peer", "--role", "mm", "--set", "probe_interval=fast"], "takes a float"),
         (["peer", "--role", "mm", "--set", "probe_interval"], "expected KEY=VALUE"),
+        (["peer", "--role", "mm", "--lease", "0.2"], "too short for a market maker"),
+        (["check", "no-such-dir"], "is not a directory"),
         (["launch", "--peers", "0"], "at least 1"),
         (["launch", "--peers", "many"], "whole number"),
         (["launch", "--base-port", "70000"], "port must be"),

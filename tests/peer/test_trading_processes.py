@@ -84,6 +84,10 @@ async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave(tmp_path):
             if s not in signal_victim:
                 assert back[s]["epoch"] == after_kill[s]["epoch"], f"{s} moved on the rejoin but is not mm-2's"
 
+        # Checked while it runs: the ledger is read as a snapshot first, the tape after it.
+        running = murmur_check(tmp_path / "c")
+        assert running.returncode == 0, running.stdout + running.stderr
+
         # A graceful leave hands over (release, then claim), without waiting for a lease to run out.
         leaver = "mm-3"
         os.kill(cluster.peer(leaver)["pid"], signal.SIGTERM)
