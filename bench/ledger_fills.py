@@ -4,7 +4,7 @@ Method:
 
 1. Throughput. One real ledger process (`murmur peer --role ledger`, SQLite in WAL mode with
    synchronous=FULL, group commit) on 127.0.0.1. This process runs C concurrent clients (trio +
-   httpx, keep-alive), each POSTing `{"fills": [...]}` batches of B new fills to `/fills` as fast
+   `peer.http_client`, keep-alive: the client the exchange's outbox uses), each POSTing `{"fills": [...]}` batches of B new fills to `/fills` as fast
    as the answers come, for `--duration` seconds. A fill counts once its 200 answer is read: it
    is then committed and fsynced. `/ledger` before and after gives the commits, so fills per
    commit (per fsync) is printed too. The clients share the machine's cores with the ledger.
@@ -49,6 +49,7 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ledger.store import DB_FILE, LedgerStore  # noqa: E402
+from peer.http_client import HttpClient  # noqa: E402
 
 SYMBOLS = ["AAPL", "AMZN", "GOOG", "META", "MSFT", "NFLX", "NVDA", "TSLA"]
 
@@ -101,7 +102,7 @@ async def throughput(url: str, concurrency: int, batch: int, duration: float, pr
     acked = 0
     lat: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=concurrency)) as c:
+    async with HttpClient(url, timeout=30, max_connections=concurrency) as c:
         before = (await c.get("/ledger")).json()
         t_end = time.perf_counter() + duration
 
@@ -111,7 +112,7 @@ async def throughput(url: str, concurrency: int, batch: int, duration: float, pr
                 body = {"fills": [make_fill(prefix, next(counter)) for _ in range(batch)]}
                 t0 = time.perf_counter()
                 r = await c.post("/fills", json=body)
-                if r.status_code == 200:
+                if r.status == 200:
                     acked += batch
                     lat.append((time.perf_counter() - t0) * 1000)
                 else:
@@ -136,7 +137,7 @@ async def latency(url: str, rate: float, batch: int, duration: float, prefix: st
     n_requests = int(duration / interval)
     lat: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=200)) as c:
+    async with HttpClient(url, timeout=30, max_connections=200) as c:
         await c.get("/health")
         start = time.perf_counter() + 0.05
 
@@ -148,7 +149,7 @@ async def latency(url: str, rate: float, batch: int, duration: float, prefix: st
             if delay > 0:
                 await trio.sleep(delay)
             r = await c.post("/fills", json=body)
-            if r.status_code == 200:
+            if r.status == 200:
                 lat.append((time.perf_counter() - scheduled) * 1000)
             else:
                 errors += 1
@@ -176,7 +177,7 @@ async def outbox_latency(url: str, rate: float, duration: float, prefix: str) ->
     lat: list[float] = []
     batches = []
     sent = 0
-    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+    async with HttpClient(url, timeout=30, max_connections=1) as c:
         await c.get("/health")
         while sent < total:
             now = time.perf_counter()
@@ -187,7 +188,7 @@ async def outbox_latency(url: str, rate: float, duration: float, prefix: str) ->
                 await trio.sleep(max(0.0, born[sent] - now))
                 continue
             r = await c.post("/fills", json={"fills": [make_fill(prefix, i + 1) for i in range(sent, ready)]})
-            r.raise_for_status()
+            assert r.status == 200, r.body
             acked = time.perf_counter()
             lat += [(acked - born[i]) * 1000 for i in range(sent, ready)]
             batches.append(ready - sent)
