@@ -382,7 +382,10 @@ class QuotePlanner:
                 return None
             kind: AttemptKind = "cancel"
             quote_id, sent_terms = a.quote_id, None
-        elif a is not None and terms == a.requested and not a.filled:
+        elif (a is not None and terms == a.requested and not a.filled
+              and a.position_version == self.position.position_version):
+            # Only an untouched quote is refreshed: a newer position means one of its legs was
+            # filled (even if the fill notice has not come yet), so its legs are not the terms.
             # Same terms: a refresh keeps the legs' time priority and the quote's reservation.
             kind, quote_id, sent_terms = "refresh", a.quote_id, a.terms
         else:

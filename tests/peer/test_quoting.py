@@ -413,3 +413,11 @@ def test_a_quote_filled_before_its_answer_came_back_is_replaced_not_refreshed():
     p.on_position(0, 2, 0.01)  # the same terms come out
     b = p.poll(0.01)
     assert b.kind == "new" and b.quote_id != a.quote_id
+
+
+def test_a_newer_position_before_the_fill_notice_still_means_a_new_quote_not_a_refresh():
+    p = planner()
+    a = activate(p, 0.0)
+    p.on_position(0, 2, 1.0)  # the ledger's update came first; the fill notice is still on the way
+    b = p.poll(1.0)
+    assert b.kind == "new" and b.reason == "position" and b.terms == a.terms
