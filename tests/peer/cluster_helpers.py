@@ -223,3 +223,29 @@ async def wait_state(
 def log_lines(cluster: Cluster, name: str) -> list[dict[str, Any]]:
     path = Path(cluster.peer(name)["log"])
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def start_peer(role: str, data_dir: Path, *extra: str, bound: float = 20.0) -> tuple[subprocess.Popen, str]:
+    """One `murmur peer --role ROLE` process on port 0; returns it and its HTTP URL once /health
+    answers. Its stderr goes to `<data_dir>.stderr` beside the data directory."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "peer.json").unlink(missing_ok=True)
+    with open(data_dir.parent / f"{data_dir.name}.stderr", "ab") as err:
+        proc = subprocess.Popen(
+            [*CLI, "peer", "--role", role, "--name", role, "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0",
+             "--data-dir", str(data_dir), "--profile", "local", "--quiet", *extra],
+            stdout=subprocess.DEVNULL, stderr=err,
+        )
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the {role} exited with {proc.returncode}")
+        try:
+            url = json.loads((data_dir / "peer.json").read_text())["http"]
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except (OSError, ValueError, KeyError, httpx.HTTPError):
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"the {role} did not come up within {bound}s")

@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from .cluster_helpers import start_peer
+
 pytestmark = pytest.mark.slow
 
 
 def start(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    (data_dir / "peer.json").unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "peer.cli", "peer", "--role", "exchange", "--name", "exchange", "--bind",
-         "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir", str(data_dir), "--profile", "local", "--quiet",
-         "--flow-rate", "50", "--lease", "30"],
-        stdout=subprocess.DEVNULL, stderr=open(data_dir.parent / f"{data_dir.name}.stderr", "ab"),
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            url = json.loads((data_dir / "peer.json").read_text())["http"]
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except (OSError, ValueError, KeyError, httpx.HTTPError):
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("exchange did not come up")
+    return start_peer("exchange", data_dir, "--flow-rate", "50", "--lease", "30")
 
 
 def test_sigkill_and_restart_keeps_epochs_quotes_and_every_acknowledged_fill(tmp_path):

@@ -12,12 +12,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
+
+from .cluster_helpers import start_peer
 
 pytestmark = pytest.mark.slow
 
@@ -30,22 +31,7 @@ def argv(data_dir: Path) -> list[str]:
 
 
 def start(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    (data_dir / "peer.json").unlink(missing_ok=True)
-    proc = subprocess.Popen(argv(data_dir), stdout=subprocess.DEVNULL,
-                            stderr=open(data_dir.parent / f"{data_dir.name}.stderr", "ab"))  # noqa: SIM115
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the ledger exited with {proc.returncode}")
-        try:
-            url = json.loads((data_dir / "peer.json").read_text())["http"]
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except (OSError, ValueError, KeyError, httpx.HTTPError):
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("the ledger did not come up")
+    return start_peer("ledger", data_dir)
 
 
 def make_fills(n: int, seed: int = 5) -> list[dict]:
