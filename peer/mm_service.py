@@ -118,6 +118,9 @@ class MarketMakerService:
         # Reservations of quotes we stopped quoting: released once the exchange confirms the
         # quote is gone (an accepted release), otherwise left to expire with the quote's TTL.
         self._retired: dict[str, str] = {}
+        # Reservations asked for as soon as a fill is seen, for the quote_id the replacement will
+        # carry: symbol -> (quote_id, done event, the ledger's answer or None).
+        self._early: dict[str, tuple[str, trio.Event, list]] = {}
         self.stats = MarketMakerStats()
         self._clients: dict[str, HttpClient] = {}
         self._view_changed = trio.Event()
@@ -255,6 +258,7 @@ class MarketMakerService:
         for action in outcome.actions:
             if isinstance(action, StopQuoting):
                 self.planners[action.symbol].stop(now)
+                self._drop_early(action.symbol, "authority-lost")
                 # Not released yet: until the exchange withdraws it, the quote may still be live
                 # there, and a live quote must keep its reservation (invariant 4).
                 rid = self.reservations.pop(action.symbol, None)
@@ -325,6 +329,8 @@ class MarketMakerService:
         if not self._may_quote(attempt):
             planner.on_result(attempt, accepted=False, reason="no-authority", now=self.clock())
             return
+        if attempt.kind != "new" and attempt.symbol in self._early:
+            self._drop_early(attempt.symbol, "not-used")  # no new quote will carry it
         if attempt.kind == "cancel":
             await self._cancel(attempt)
         elif attempt.kind == "refresh":
@@ -332,13 +338,61 @@ class MarketMakerService:
         else:
             await self._publish(attempt)
 
+    def _reserve_early(self, symbol: str) -> None:
+        """A fill of ours was seen: reserve the replacement's exposure now, for the quote_id it
+        will carry and the most it can offer (`size` a side), while the ledger commits the fill
+        and the position that will price the replacement is on its way. The replacement then
+        only caps its terms by this reservation instead of waiting for one."""
+        qid = self.planners[symbol].next_quote_id()
+        if qid is None or self._nursery is None or not self.authority or not self.authority.may_quote(symbol, self.clock()):
+            return
+        early = self._early.get(symbol)
+        if early is not None and early[0] == qid:
+            return  # already asked for this quote_id
+        if early is not None:
+            self._drop_early(symbol, "superseded")
+        entry = (qid, trio.Event(), [])
+        self._early[symbol] = entry
+        self._nursery.start_soon(self._ask_reservation, symbol, qid, self.quote_config.size,
+                                 self.quote_config.size, entry)
+
+    async def _ask_reservation(self, symbol: str, quote_id: str, bid: int, ask: int, entry: tuple | None) -> Answer | None:
+        answer = await self._call("ledger", "POST", "/reservations", {
+            "quote_id": quote_id, "holder": self.name, "symbol": symbol, "bid_quantity": bid, "ask_quantity": ask,
+            "ttl": self.planner_config.quote_ttl + RESERVATION_MARGIN})
+        if entry is not None:
+            entry[2].append(answer)
+            entry[1].set()
+        return answer
+
+    def _drop_early(self, symbol: str, why: str) -> None:
+        """An early reservation that no quote will use: release it once its answer is in."""
+        entry = self._early.pop(symbol, None)
+        if entry is not None and self._nursery is not None:
+            self._nursery.start_soon(self._release_early, entry, why)
+
+    async def _release_early(self, entry: tuple, why: str) -> None:
+        await entry[1].wait()
+        answer = entry[2][0]
+        if answer is not None and answer.status in (200, 201):
+            await self._release(answer.json()["reservation"]["reservation_id"], why)
+
     async def _publish(self, attempt: QuoteAttempt) -> None:
         planner = self.planners[attempt.symbol]
         assert attempt.terms is not None
-        ttl = self.planner_config.quote_ttl + RESERVATION_MARGIN
-        answer = await self._call("ledger", "POST", "/reservations", {
-            "quote_id": attempt.quote_id, "holder": self.name, "symbol": attempt.symbol,
-            "bid_quantity": attempt.terms.bid_quantity, "ask_quantity": attempt.terms.ask_quantity, "ttl": ttl})
+        early = self._early.get(attempt.symbol)
+        answer = None
+        used_early = early is not None and early[0] == attempt.quote_id
+        if used_early:
+            assert early is not None
+            del self._early[attempt.symbol]
+            await early[1].wait()
+            answer = early[2][0]
+        elif early is not None:
+            self._drop_early(attempt.symbol, "not-used")
+        if answer is None:
+            answer = await self._ask_reservation(attempt.symbol, attempt.quote_id, attempt.terms.bid_quantity,
+                                                 attempt.terms.ask_quantity, None)
         if answer is None:
             planner.on_timeout(attempt, self.clock())
             return
@@ -354,7 +408,7 @@ class MarketMakerService:
         self.log("mm_reservation", symbol=attempt.symbol, quote_id=attempt.quote_id, decision=reservation.outcome,
                  reservation_id=r["reservation_id"], requested=[attempt.terms.bid_quantity, attempt.terms.ask_quantity],
                  reserved=[reservation.reserved_bid_quantity, reservation.reserved_ask_quantity],
-                 position_version=attempt.position_version)
+                 position_version=attempt.position_version, early=used_early)
         terms = cap_by_reservation(attempt.terms, reservation)
         if terms is None:
             self.stats.reservations_rejected += 1
@@ -485,6 +539,7 @@ class MarketMakerService:
                 self.log("mm_fill", fill_id=f["fill_id"], symbol=f["symbol"], side=f["side"], quantity=f["quantity"],
                          price=f["price"], quote_id=f["quote_id"], epoch=f["epoch"])
                 self.planners[f["symbol"]].on_fill(f["quote_id"], now)
+                self._reserve_early(f["symbol"])
                 self._wake(f["symbol"])
             self._fills_after = body["next_after"]
 

@@ -266,6 +266,13 @@ class QuotePlanner:
         if self._fill is None:
             self._fill = _FillNotice(now, self.position.position_version)
 
+    def next_quote_id(self) -> str | None:
+        """The quote_id the next new quote will carry (None while not quoting): lets the shell
+        reserve its exposure early, while the position that will price it is on its way."""
+        if self.epoch is None:
+            return None
+        return make_quote_id(self.holder, self.symbol, self.epoch, self._counter + 1)
+
     def on_quote_ended(self, quote_id: str, now: float) -> None:
         """The exchange ended the quote (expired, withdrawn, filled in full)."""
         if self.active is not None and self.active.quote_id == quote_id:

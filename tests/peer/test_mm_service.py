@@ -9,6 +9,8 @@ reflects it, hand-over when the view changes, nothing quoted once authority is g
 
 from __future__ import annotations
 
+import io
+import json
 from functools import partial
 
 import httpx
@@ -20,6 +22,7 @@ from peer.exchange_service import ExchangeService
 from peer.http import PeerHandle, create_app, serve_http
 from peer.ledger_http import ledger_routes
 from peer.ledger_service import LedgerService
+from peer.logs import JsonLog
 from peer.mm_authority import AuthorityConfig
 from peer.mm_service import MarketMakerService
 from peer.outbox import deliver_fills
@@ -71,7 +74,8 @@ async def start_market(nursery, tmp_path, view: View) -> tuple[ExchangeService, 
 async def start_mm(nursery, name: str, view: View) -> MarketMakerService:
     view.add(name, "mm", None)
     mm = MarketMakerService(name, members=view.members, planner_config=PlannerConfig(refresh_interval=1.0),
-                            authority_config=AuthorityConfig(lease_duration=2.0))
+                            authority_config=AuthorityConfig(lease_duration=2.0),
+                            log=JsonLog(name, stream=io.StringIO()))
     view.listeners.append(mm.view_changed)
     await nursery.start(mm.run)
     return mm
@@ -121,6 +125,11 @@ async def test_market_maker_quotes_every_symbol_with_a_reservation_and_replaces_
         old_reservation = (await c.get(f"{lg}/reservations/{old['reservation_id']}")).json()["reservation"]
         assert old_reservation["filled_ask_quantity"] == old["ask_quantity"]
         assert mm.stats.fills == 1 and mm.stats.position_updates >= 1
+        # Its exposure was reserved as soon as the fill was seen, for the replacement's quote_id.
+        lines = [json.loads(line) for line in mm.log.stream.getvalue().splitlines()]
+        (used,) = [x for x in lines if x["event"] == "mm_reservation" and x["quote_id"] == new["quote_id"]]
+        assert used["early"] is True and used["requested"] == [5, 5]
+        assert new["reservation_id"] == used["reservation_id"]
         nursery.cancel_scope.cancel()
 
 
