@@ -55,7 +55,7 @@ def murmur_check(data_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, "check", str(data_dir)], capture_output=True, text=True, timeout=60)
 
 
-async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave(tmp_path):
+async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave_then_a_new_peer_joins(tmp_path):
     async with launched(tmp_path / "c", peers=3, extra_args=ARGS) as cluster, httpx.AsyncClient(timeout=2) as client:
         mms = ["mm-1", "mm-2", "mm-3"]
         start, _ = await wait_quoted_by(client, cluster, assignment(SYMBOLS, mms), 20,
@@ -102,6 +102,24 @@ async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave(tmp_path):
         # It gave its symbols back before leaving: a hand-over, not a lease running out.
         assert handed == held, (handed, held)
         assert any(line["event"] == "mm_left" for line in lines[stopping:])
+
+        # A brand-new market maker joins: only the symbols it wins move, all to it.
+        before_join, _ = await exchange_truth(client, cluster)
+        newcomer = subprocess.Popen(
+            [*CLI, "peer", "--role", "mm", "--name", "mm-9", "--join", cluster.peer("mm-1")["gossip"],
+             "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir", str(tmp_path / "c" / "mm-9"),
+             "--profile", "local", "--quiet"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cluster.extra.append(newcomer)
+        now_owners = assignment(SYMBOLS, ["mm-1", "mm-2", "mm-9"])
+        won = {s for s, o in now_owners.items() if o == "mm-9"}
+        assert won, "rendezvous gave the newcomer nothing: pick another name"
+        joined, _ = await wait_quoted_by(client, cluster, now_owners, 15, "the newcomer quoting the symbols it wins")
+        for s in SYMBOLS:
+            if s in won:
+                assert joined[s]["epoch"] > before_join[s]["epoch"]
+            else:
+                assert joined[s]["epoch"] == before_join[s]["epoch"], f"{s} moved though the newcomer did not win it"
     result = murmur_check(tmp_path / "c")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "HELD" in result.stdout
