@@ -509,8 +509,7 @@ class MarketMakerService:
                                       timeout=LONG_POLL + 2)
             if answer is None or answer.status != 200:
                 if answer is not None and answer.status == 409:
-                    # The ledger has fewer updates than we saw (a restored database): start over.
-                    self._updates_after = answer.json().get("last_seq", 0)
+                    await self._resync_positions("ledger-behind")
                 await trio.sleep(0.1)
                 continue
             body = answer.json()
@@ -521,6 +520,20 @@ class MarketMakerService:
                     self.stats.position_updates += 1
                     self._wake(u["symbol"])
             self._updates_after = body["next_after"]
+
+    async def _resync_positions(self, why: str) -> None:
+        """The ledger has fewer updates than this peer saw (a database restored from a backup):
+        its positions are the truth now. Take them whole, and quote anew from them."""
+        positions = await self._get_until_ok("ledger", "/positions")
+        rows = {row["symbol"]: row for row in positions["positions"]}
+        now = self.clock()
+        for symbol, planner in self.planners.items():
+            row = rows.get(symbol, {"net_quantity": 0, "position_version": 0})
+            planner.resync_position(row["net_quantity"], row["position_version"], now)
+            self._wake(symbol)
+        self._updates_after = positions["last_seq"]
+        self.log("mm_positions_resynced", reason=why, last_seq=positions["last_seq"],
+                 versions={s: r["position_version"] for s, r in rows.items()})
 
     async def _fills_loop(self) -> None:
         """This peer's fills as the exchange creates them: each one triggers a replacement."""

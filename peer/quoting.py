@@ -250,6 +250,16 @@ class QuotePlanner:
         self.position = Position(net_quantity, position_version)
         return True
 
+    def resync_position(self, net_quantity: int, position_version: int, now: float) -> None:
+        """The ledger's positions replace ours whole, even at a lower version (it was restored
+        from a backup): the one exception to "never older". The active quote, priced from a
+        position the ledger no longer has, is replaced at once."""
+        self.position = Position(net_quantity, position_version)
+        if self.active is not None:
+            self.active.filled = True  # never refreshed: the next attempt is a new quote
+            self.active.position_version = -1  # stale against any version: due at once
+        self._fill = None
+
     def on_reference_price(self, price: int, now: float) -> None:
         self.reference_price = price
 

@@ -421,3 +421,17 @@ def test_a_newer_position_before_the_fill_notice_still_means_a_new_quote_not_a_r
     p.on_position(0, 2, 1.0)  # the ledger's update came first; the fill notice is still on the way
     b = p.poll(1.0)
     assert b.kind == "new" and b.reason == "position" and b.terms == a.terms
+
+
+def test_a_resync_to_a_restored_ledger_takes_a_lower_version_and_requotes_at_once():
+    p = planner()
+    a = activate(p, 0.0)
+    assert p.on_position(8, 9, 0.5)
+    b = p.poll(0.5)
+    assert p.on_result(b, accepted=True, reason="activated", now=0.5)
+    p.resync_position(2, 4, 1.0)  # the ledger came back from a backup, at version 4
+    assert p.position == Position(2, 4)
+    c = p.poll(1.0)
+    assert c is not None and c.kind == "new" and c.position_version == 4 and c.terms == quote(2)
+    assert not p.on_position(1, 4, 1.1)  # and from there on, only newer versions count
+    assert a.quote_id != c.quote_id
