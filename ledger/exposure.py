@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from book import bounds
+
 LIMIT = 100
 # A request may not hold capacity longer than this without a renewal: a market maker that dies
 # without releasing gives its capacity back within this bound at most.
@@ -81,33 +83,25 @@ class InvalidInput(ValueError):
 
 
 # --- input: exact types only (a float or a bool is never a quantity) ------------------------------
+# The bounds are book.bounds', shared with the exchange: the ledger accepts every fill it makes.
 
-MAX_QUANTITY = 2**53 - 1
+MAX_QUANTITY = bounds.MAX_QUANTITY
 
 
-def whole(value: Any, field: str, *, minimum: int = 0, maximum: int = MAX_QUANTITY) -> int:
-    if type(value) is not int or not minimum <= value <= maximum:
-        raise InvalidInput(field, f"must be a whole number from {minimum} to {maximum} "
-                           f"(not a float, a string or a bool), got {value!r}")
-    return value
+def whole(value: Any, field: str, *, minimum: int = 0, maximum: int = bounds.MAX_COUNT) -> int:
+    return bounds.whole(value, field, minimum=minimum, maximum=maximum, error=InvalidInput)
 
 
 def text(value: Any, field: str) -> str:
-    if type(value) is not str or not value or len(value) > 128:
-        raise InvalidInput(field, f"must be a non-empty string of at most 128 characters, got {value!r}")
-    return value
+    return bounds.ident(value, field, error=InvalidInput)
 
 
 def symbol_name(value: Any, field: str = "symbol") -> str:
-    if type(value) is not str or not value or len(value) > 16 or not value.isalnum():
-        raise InvalidInput(field, f"must be an alphanumeric symbol of at most 16 characters, got {value!r}")
-    return value
+    return bounds.symbol(value, field, error=InvalidInput)
 
 
 def seconds(value: Any, field: str) -> float:
-    if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
-        raise InvalidInput(field, f"must be a finite number of seconds >= 0, got {value!r}")
-    return float(value)
+    return bounds.seconds(value, field, error=InvalidInput)
 
 
 def only(body: dict[str, Any], allowed: Iterable[str], where: str = "") -> None:
@@ -126,8 +120,8 @@ def parse_request(body: Any) -> ReservationRequest:
             raise InvalidInput(name, "required")
     if (body.get("expires_at") is None) == (body.get("ttl") is None):
         raise InvalidInput("expires_at", "give exactly one of expires_at (wall-clock seconds) and ttl (seconds)")
-    bid = whole(body["bid_quantity"], "bid_quantity")
-    ask = whole(body["ask_quantity"], "ask_quantity")
+    bid = whole(body["bid_quantity"], "bid_quantity", maximum=MAX_QUANTITY)
+    ask = whole(body["ask_quantity"], "ask_quantity", maximum=MAX_QUANTITY)
     if bid == 0 and ask == 0:
         raise InvalidInput("bid_quantity", "a reservation needs a bid or an ask quantity above 0")
     return ReservationRequest(
@@ -351,8 +345,17 @@ class ExposureBook:
             if diff:
                 raise Refusal("quote-id-conflict", f"quote_id {request.quote_id!r} was already used for "
                               f"another request (differs in {', '.join(diff)})", differences=diff)
+            current = self.view(existing, now)
+            if current.state in (RELEASED, EXPIRED):
+                # A retry that comes after the end of its reservation must not read as a grant:
+                # whoever asks would take it for capacity held and put a quote on it. A quote_id
+                # whose reservation has ended is spent; a new quote needs a new quote_id.
+                raise Refusal("not-active", f"quote_id {request.quote_id!r} already had reservation "
+                              f"{current.reservation_id!r}, which is {current.state} "
+                              f"({current.ended_reason}); a new quote needs a new quote_id",
+                              reservation=current.to_json())
             # A retry: the original decision, the reservation as it stands now, nothing reserved.
-            return Answer(self.view(existing, now), duplicate=True)
+            return Answer(current, duplicate=True)
         expires_at = _check_times(request, now, self.max_ttl)
         if request.replaces is not None:
             if replaced is None:

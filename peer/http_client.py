@@ -78,7 +78,8 @@ class _Conn:
             lines = bytes(self.buffer[:end]).split(b"\r\n")
             del self.buffer[: end + 4]
             parts = lines[0].split(b" ", 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            if (len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3
+                    or not parts[1].isdigit()):
                 raise HttpError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
             status = int(parts[1])
             headers: dict[str, str] = {}
@@ -94,9 +95,13 @@ class _Conn:
         if head_only or status in (204, 304):
             return Answer(status, headers, b""), keep
         if "content-length" in headers:
-            if not headers["content-length"].isdigit():
+            # A length beyond the answer cap is refused before int(): a 5,000-digit one would
+            # raise ValueError out of int() itself.
+            if not headers["content-length"].isdigit() or len(headers["content-length"]) > 18:
                 raise HttpError(f"bad Content-Length {headers['content-length'][:20]!r}")
             length = int(headers["content-length"])
+            if length > MAX_ANSWER:
+                raise HttpError(f"answer larger than {MAX_ANSWER} bytes")
             while len(self.buffer) < length:
                 if not await self.fill():
                     raise HttpError("connection closed in the middle of an answer's body")
@@ -119,9 +124,13 @@ class _Conn:
                     raise HttpError("connection closed in a chunked answer")
             size_text = bytes(self.buffer[:end]).split(b";")[0].strip()
             try:
+                if len(size_text) > 16 or not size_text or size_text.startswith((b"-", b"+")):
+                    raise ValueError
                 size = int(size_text, 16)
             except ValueError:
                 raise HttpError(f"bad chunk size {size_text[:20]!r}") from None
+            if len(out) + size > MAX_ANSWER:
+                raise HttpError(f"answer larger than {MAX_ANSWER} bytes")
             del self.buffer[: end + 2]
             while len(self.buffer) < size + 2:
                 if not await self.fill():

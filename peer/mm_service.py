@@ -35,8 +35,10 @@ from typing import Any
 import trio
 
 from gossip.types import Member, MemberState
+from peer import mm_answers
 from peer.http_client import Answer, HttpClient, HttpError
 from peer.logs import JsonLog
+from peer.mm_answers import AnswerError
 from peer.mm_authority import (
     AuthorityConfig,
     CheckAuthority,
@@ -55,7 +57,6 @@ from peer.quoting import (
     QuoteAttempt,
     QuoteConfig,
     QuotePlanner,
-    Reservation,
     cap_by_reservation,
 )
 from peer.rendezvous import assignment, candidates_from_view
@@ -66,6 +67,7 @@ RESERVATION_MARGIN = 1.0
 LONG_POLL = 5.0
 PRICE_POLL = 0.25
 DISCOVERY_POLL = 0.1
+LOOP_RESTART = 0.5
 
 
 @dataclass
@@ -80,6 +82,8 @@ class MarketMakerStats:
     fills: int = 0
     position_updates: int = 0
     request_failures: int = 0
+    malformed_answers: int = 0
+    loop_failures: int = 0
     authority_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -170,54 +174,77 @@ class MarketMakerService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await self._start_from_the_exchange_and_ledger()
-                nursery.start_soon(self._authority_loop)
-                nursery.start_soon(self._updates_loop)
-                nursery.start_soon(self._fills_loop)
-                nursery.start_soon(self._prices_loop)
+                nursery.start_soon(self._supervised, self._authority_loop)
+                nursery.start_soon(self._supervised, self._updates_loop)
+                nursery.start_soon(self._supervised, self._fills_loop)
+                nursery.start_soon(self._supervised, self._prices_loop)
                 for symbol in self.symbols:
-                    nursery.start_soon(self._quote_loop, symbol)
+                    nursery.start_soon(self._supervised, self._quote_loop, symbol)
                 self.ready.set()
         finally:
             with trio.CancelScope(shield=True):
                 for client in self._clients.values():
                     await client.aclose()
 
+    async def _supervised(self, loop: Callable[..., Any], *args: Any) -> None:
+        """Run one of the market maker's loops, and start it again if it fails.
+
+        Every answer is read by `mm_answers`, so no input of another peer should reach here;
+        this is the second line: a bug that one peer's input trips costs that loop a restart
+        (logged, counted), never the process and the cluster's other symbols with it."""
+        while True:
+            try:
+                await loop(*args)
+                return
+            except Exception as exc:  # cancellation is a BaseException and passes through
+                self.stats.loop_failures += 1
+                self.log("mm_loop_failed", loop=loop.__name__, args=[str(a) for a in args],
+                         error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                await trio.sleep(LOOP_RESTART)
+
     async def _start_from_the_exchange_and_ledger(self) -> None:
         """Symbols, epochs and positions come from the exchange and the ledger, not memory."""
-        prices = await self._get_until_ok("exchange", "/prices")
-        self.symbols = sorted(prices["prices"])
+        prices = await self._get_until_ok("exchange", "/prices", mm_answers.prices)
+        self.symbols = sorted(prices)
         self.authority = MarketMakerAuthority(self.name, self.symbols, self.authority_config,
                                               random.Random(f"{self.seed}:{self.name}"))
         now = self.clock()
         for symbol in self.symbols:
             planner = QuotePlanner(self.name, symbol, self.quote_config, self.planner_config)
-            planner.on_reference_price(prices["prices"][symbol], now)
+            planner.on_reference_price(prices[symbol], now)
             self.planners[symbol] = planner
             self._symbol_wakeup[symbol] = trio.Event()
-        authority = await self._get_until_ok("exchange", "/authority")
-        self._handle(self.authority.observe_authority(authority["authority"], self.clock()))
-        positions = await self._get_until_ok("ledger", "/positions")
-        for row in positions["positions"]:
-            if row["symbol"] in self.planners:
-                self.planners[row["symbol"]].on_position(row["net_quantity"], row["position_version"], now)
+        authority = await self._get_until_ok("exchange", "/authority", mm_answers.authority_rows)
+        self._handle(self.authority.observe_authority(authority, self.clock()))
+        rows, last_seq = await self._get_until_ok("ledger", "/positions", mm_answers.positions)
+        for row in rows:
+            if row.symbol in self.planners:
+                self.planners[row.symbol].on_position(row.net_quantity, row.position_version, now)
         for planner in self.planners.values():
             if planner.position is None:
                 planner.on_position(0, 0, now)  # a symbol never filled has no row: flat, version 0
-        self._updates_after = positions["last_seq"]
-        status = await self._get_until_ok("exchange", "/fills?after=0&limit=1")
-        self._fills_after = status["total"]
+        self._updates_after = last_seq
+        self._fills_after = await self._get_until_ok("exchange", "/fills?after=0&limit=1", mm_answers.fills_total)
         self.log("mm_started", symbols=self.symbols, updates_after=self._updates_after,
                  fills_after=self._fills_after,
-                 epochs={r["symbol"]: r["epoch"] for r in authority["authority"]})
+                 epochs={r.get("symbol"): r.get("epoch") for r in authority})
 
-    async def _get_until_ok(self, role: str, path: str) -> dict[str, Any]:
+    async def _get_until_ok(self, role: str, path: str, read: Callable[[bytes], Any]) -> Any:
         delay = DISCOVERY_POLL
         while True:
             answer = await self._call(role, "GET", path)
             if answer is not None and answer.status == 200:
-                return answer.json()
+                try:
+                    return read(answer.body)
+                except AnswerError as exc:
+                    self._malformed(role, "GET", path, exc)
             await trio.sleep(delay)
             delay = min(1.0, delay * 2)
+
+    def _malformed(self, role: str, method: str, path: str, exc: AnswerError) -> None:
+        """An answer that is not what the API promises: counted and logged, the request failed."""
+        self.stats.malformed_answers += 1
+        self.log("mm_answer_malformed", role=role, method=method, path=path, error=str(exc)[:200])
 
     # --- authority ----------------------------------------------------------------------------
 
@@ -280,20 +307,31 @@ class MarketMakerService:
         answer = await self._call("exchange", "POST", f"/authority/{request.symbol}/{kind}",
                                   {"holder": self.name, "epoch": request.epoch})
         now = self.clock()
-        if answer is None or answer.status not in (200, 409):
-            if answer is not None:
+        body = None
+        if answer is not None and answer.status in (200, 409):
+            try:
+                body = mm_answers.authority_answer(answer.body)
+            except AnswerError as exc:
+                self._malformed("exchange", "POST", f"/authority/{request.symbol}/{kind}", exc)
+        if body is None:
+            if answer is not None and answer.status not in (200, 409):
                 self.log("mm_authority_refused", symbol=request.symbol, op=kind, status=answer.status,
                          body=answer.body[:200].decode("utf-8", "replace"))
             self._handle(self.authority.on_no_answer(request, now=now))
             return
-        self._handle(self.authority.on_answer(request, ExchangeAnswer.from_exchange(answer.json()),
+        self._handle(self.authority.on_answer(request, ExchangeAnswer.from_exchange(body),
                                               sent_at=sent_at, now=now))
 
     async def _check_authority(self) -> None:
         assert self.authority is not None
         answer = await self._call("exchange", "GET", "/authority")
         if answer is not None and answer.status == 200:
-            self._handle(self.authority.observe_authority(answer.json()["authority"], self.clock()))
+            try:
+                rows = mm_answers.authority_rows(answer.body)
+            except AnswerError as exc:
+                self._malformed("exchange", "GET", "/authority", exc)
+                return
+            self._handle(self.authority.observe_authority(rows, self.clock()))
 
     # --- quoting ------------------------------------------------------------------------------
 
@@ -369,13 +407,21 @@ class MarketMakerService:
         """An early reservation that no quote will use: release it once its answer is in."""
         entry = self._early.pop(symbol, None)
         if entry is not None and self._nursery is not None:
+            # Its quote_id is spent: the ledger answers a repeated quote_id with this very
+            # reservation, released by then, so no later quote may carry it.
+            self.planners[symbol].retire_quote_id(entry[0])
             self._nursery.start_soon(self._release_early, entry, why)
 
     async def _release_early(self, entry: tuple, why: str) -> None:
         await entry[1].wait()
         answer = entry[2][0]
         if answer is not None and answer.status in (200, 201):
-            await self._release(answer.json()["reservation"]["reservation_id"], why)
+            try:
+                rid = mm_answers.reservation_answer(answer.body).reservation.reservation_id
+            except AnswerError as exc:
+                self._malformed("ledger", "POST", "/reservations", exc)
+                return  # nothing we can name to release: it expires with its TTL
+            await self._release(rid, why)
 
     async def _publish(self, attempt: QuoteAttempt) -> None:
         planner = self.planners[attempt.symbol]
@@ -396,52 +442,68 @@ class MarketMakerService:
         if answer is None:
             planner.on_timeout(attempt, self.clock())
             return
-        body = answer.json()
-        if answer.status not in (200, 201, 409) or "reservation" not in body:
+        read: mm_answers.ReservationAnswer | None = None
+        if answer.status in (200, 201) or (answer.status == 409 and mm_answers.reason_of(answer.body) == "no-capacity"):
+            try:
+                read = mm_answers.reservation_answer(answer.body)
+            except AnswerError as exc:
+                self._malformed("ledger", "POST", "/reservations", exc)
+        if read is None:
+            reason = mm_answers.reason_of(answer.body)
             self.log("mm_reservation_refused", symbol=attempt.symbol, quote_id=attempt.quote_id,
-                     status=answer.status, reason=body.get("reason"), error=body.get("error"))
-            planner.on_result(attempt, accepted=False, reason=f"reservation:{body.get('reason')}", now=self.clock())
+                     status=answer.status, reason=reason)
+            if reason == "not-active":
+                planner.retire_quote_id(attempt.quote_id)  # spent: the ledger ended its reservation
+            planner.on_result(attempt, accepted=False, reason=f"reservation:{reason}", now=self.clock())
             return
-        r = body["reservation"]
-        reservation = Reservation(body["decision"], r["reservation_id"], r["reserved_bid_quantity"],
-                                  r["reserved_ask_quantity"])
+        reservation = read.reservation
+        rid = reservation.reservation_id
+        assert rid is not None
         self.log("mm_reservation", symbol=attempt.symbol, quote_id=attempt.quote_id, decision=reservation.outcome,
-                 reservation_id=r["reservation_id"], requested=[attempt.terms.bid_quantity, attempt.terms.ask_quantity],
+                 reservation_id=rid, state=read.state,
+                 requested=[attempt.terms.bid_quantity, attempt.terms.ask_quantity],
                  reserved=[reservation.reserved_bid_quantity, reservation.reserved_ask_quantity],
                  position_version=attempt.position_version, early=used_early)
+        if reservation.outcome != "rejected" and read.state != "active":
+            # Never quote on a reservation not seen live: a retried quote_id whose reservation
+            # was released meanwhile comes back with its old decision (ledgers before the
+            # not-active refusal answered so), and a quote on it would hold no capacity.
+            planner.retire_quote_id(attempt.quote_id)
+            planner.on_result(attempt, accepted=False, reason=f"reservation-{read.state}", now=self.clock())
+            return
         terms = cap_by_reservation(attempt.terms, reservation)
         if terms is None:
             self.stats.reservations_rejected += 1
             if reservation.outcome != "rejected":
-                self._nursery.start_soon(self._release, r["reservation_id"], "not-used")
+                self._nursery.start_soon(self._release, rid, "not-used")
             planner.on_result(attempt, accepted=False, reason="reservation-rejected", now=self.clock())
             return
         if not self._may_quote(attempt):  # the reservation took time: check the lease again
-            self._nursery.start_soon(self._release, r["reservation_id"], "no-authority")
+            self._nursery.start_soon(self._release, rid, "no-authority")
             planner.on_result(attempt, accepted=False, reason="no-authority", now=self.clock())
             return
-        put = await self._call("exchange", "PUT", f"/quotes/{attempt.symbol}", {
+        path = f"/quotes/{attempt.symbol}"
+        put = await self._call("exchange", "PUT", path, {
             "holder": self.name, "epoch": attempt.epoch, "seq": attempt.seq, "quote_id": attempt.quote_id,
-            **terms.to_json(), "reservation_id": r["reservation_id"]})
-        if put is None:
+            **terms.to_json(), "reservation_id": rid})
+        result = self._verdict(put, "PUT", path)
+        if result is None:
             planner.on_timeout(attempt, self.clock())  # the retry reuses quote_id: same reservation
             return
-        result = put.json()
-        accepted = put.status == 200 and bool(result.get("accepted"))
-        reason = str(result.get("reason", put.status))
+        accepted, reason = result.accepted, result.reason
         planner.on_result(attempt, accepted=accepted, reason=reason, now=self.clock(), live_terms=terms)
         if accepted:
             self.stats.quotes_activated += 1
             old = self.reservations.get(attempt.symbol)
-            self.reservations[attempt.symbol] = r["reservation_id"]
-            if old is not None and old != r["reservation_id"]:
+            self.reservations[attempt.symbol] = rid
+            if old is not None and old != rid:
                 self._nursery.start_soon(self._release, old, "replaced")
             self.log("mm_quote_active", symbol=attempt.symbol, quote_id=attempt.quote_id, epoch=attempt.epoch,
-                     seq=attempt.seq, **terms.to_json(), reservation_id=r["reservation_id"],
-                     position_version=attempt.position_version, fills=len(result.get("fills") or []))
+                     seq=attempt.seq, **terms.to_json(), reservation_id=rid,
+                     position_version=attempt.position_version, fills=result.fills)
         else:
             self.stats.quotes_refused += 1
-            self._nursery.start_soon(self._release, r["reservation_id"], f"quote-refused:{reason}")
+            self._nursery.start_soon(self._release, rid, f"quote-refused:{reason}")
             self.log("mm_quote_refused", symbol=attempt.symbol, quote_id=attempt.quote_id, epoch=attempt.epoch,
                      seq=attempt.seq, reason=reason, status=put.status)
 
@@ -455,39 +517,51 @@ class MarketMakerService:
                 # Without a reservation that outlives the refreshed TTL, publish a new quote instead.
                 self.log("mm_reservation_renew_failed", symbol=attempt.symbol, quote_id=attempt.quote_id,
                          reservation_id=rid, status=None if renewed is None else renewed.status,
-                         reason=None if renewed is None else renewed.json().get("reason"))
+                         reason=None if renewed is None else mm_answers.reason_of(renewed.body))
                 planner.on_result(attempt, accepted=False, reason="reservation-renew-failed", now=self.clock())
                 return
         if not self._may_quote(attempt):
             planner.on_result(attempt, accepted=False, reason="no-authority", now=self.clock())
             return
         assert attempt.terms is not None
-        put = await self._call("exchange", "PUT", f"/quotes/{attempt.symbol}", {
+        path = f"/quotes/{attempt.symbol}"
+        put = await self._call("exchange", "PUT", path, {
             "holder": self.name, "epoch": attempt.epoch, "seq": attempt.seq, "quote_id": attempt.quote_id,
             **attempt.terms.to_json(), "reservation_id": rid})
-        if put is None:
+        result = self._verdict(put, "PUT", path)
+        if result is None:
             planner.on_timeout(attempt, self.clock())
             return
-        result = put.json()
-        accepted = put.status == 200 and bool(result.get("accepted"))
-        planner.on_result(attempt, accepted=accepted, reason=str(result.get("reason")), now=self.clock())
-        self.log("mm_quote_refreshed" if accepted else "mm_quote_refused", symbol=attempt.symbol,
-                 quote_id=attempt.quote_id, seq=attempt.seq, reason=result.get("reason"))
+        planner.on_result(attempt, accepted=result.accepted, reason=result.reason, now=self.clock())
+        self.log("mm_quote_refreshed" if result.accepted else "mm_quote_refused", symbol=attempt.symbol,
+                 quote_id=attempt.quote_id, seq=attempt.seq, reason=result.reason)
 
     async def _cancel(self, attempt: QuoteAttempt) -> None:
         planner = self.planners[attempt.symbol]
-        answer = await self._call("exchange", "DELETE", f"/quotes/{attempt.symbol}",
+        path = f"/quotes/{attempt.symbol}"
+        answer = await self._call("exchange", "DELETE", path,
                                   {"holder": self.name, "epoch": attempt.epoch, "seq": attempt.seq})
-        if answer is None:
+        result = self._verdict(answer, "DELETE", path)
+        if result is None:
             planner.on_timeout(attempt, self.clock())
             return
-        result = answer.json()
-        accepted = answer.status == 200 and bool(result.get("accepted"))
-        planner.on_result(attempt, accepted=accepted, reason=str(result.get("reason")), now=self.clock())
-        if accepted:
+        planner.on_result(attempt, accepted=result.accepted, reason=result.reason, now=self.clock())
+        if result.accepted:
             self._release_reservation(attempt.symbol, "cancelled")
-        self.log("mm_quote_cancelled" if accepted else "mm_quote_refused", symbol=attempt.symbol,
-                 quote_id=attempt.quote_id, seq=attempt.seq, reason=result.get("reason"))
+        self.log("mm_quote_cancelled" if result.accepted else "mm_quote_refused", symbol=attempt.symbol,
+                 quote_id=attempt.quote_id, seq=attempt.seq, reason=result.reason)
+
+    def _verdict(self, answer: Answer | None, method: str, path: str) -> mm_answers.Verdict | None:
+        """The exchange's verdict on a quote operation; None (try the same attempt again) when
+        there was no answer or one we cannot read: the operation may or may not have landed,
+        and its retry carries the same seq and quote_id."""
+        if answer is None:
+            return None
+        try:
+            return mm_answers.verdict(answer.status, answer.body)
+        except AnswerError as exc:
+            self._malformed("exchange", method, path, exc)
+            return None
 
     def _release_reservation(self, symbol: str, why: str) -> None:
         rid = self.reservations.pop(symbol, None)
@@ -505,63 +579,79 @@ class MarketMakerService:
     async def _updates_loop(self) -> None:
         """Committed position updates, in order, resumed from the last seq seen."""
         while True:
-            answer = await self._call("ledger", "GET", f"/updates?after={self._updates_after}&wait={LONG_POLL}",
-                                      timeout=LONG_POLL + 2)
+            path = f"/updates?after={self._updates_after}&wait={LONG_POLL}"
+            answer = await self._call("ledger", "GET", path, timeout=LONG_POLL + 2)
             if answer is None or answer.status != 200:
                 if answer is not None and answer.status == 409:
                     await self._resync_positions("ledger-behind")
                 await trio.sleep(0.1)
                 continue
-            body = answer.json()
+            try:
+                rows, next_after = mm_answers.updates(answer.body)
+            except AnswerError as exc:
+                self._malformed("ledger", "GET", path, exc)
+                await trio.sleep(0.1)
+                continue
             now = self.clock()
-            for u in body["updates"]:
-                planner = self.planners.get(u["symbol"])
-                if planner is not None and planner.on_position(u["net_quantity"], u["position_version"], now):
+            for u in rows:
+                planner = self.planners.get(u.symbol)
+                if planner is not None and planner.on_position(u.net_quantity, u.position_version, now):
                     self.stats.position_updates += 1
-                    self._wake(u["symbol"])
-            self._updates_after = body["next_after"]
+                    self._wake(u.symbol)
+            self._updates_after = next_after
 
     async def _resync_positions(self, why: str) -> None:
         """The ledger has fewer updates than this peer saw (a database restored from a backup):
         its positions are the truth now. Take them whole, and quote anew from them."""
-        positions = await self._get_until_ok("ledger", "/positions")
-        rows = {row["symbol"]: row for row in positions["positions"]}
+        found, last_seq = await self._get_until_ok("ledger", "/positions", mm_answers.positions)
+        rows = {row.symbol: row for row in found}
         now = self.clock()
         for symbol, planner in self.planners.items():
-            row = rows.get(symbol, {"net_quantity": 0, "position_version": 0})
-            planner.resync_position(row["net_quantity"], row["position_version"], now)
+            row = rows.get(symbol, mm_answers.PositionRow(symbol, 0, 0))
+            planner.resync_position(row.net_quantity, row.position_version, now)
             self._wake(symbol)
-        self._updates_after = positions["last_seq"]
-        self.log("mm_positions_resynced", reason=why, last_seq=positions["last_seq"],
-                 versions={s: r["position_version"] for s, r in rows.items()})
+        self._updates_after = last_seq
+        self.log("mm_positions_resynced", reason=why, last_seq=last_seq,
+                 versions={s: r.position_version for s, r in rows.items()})
 
     async def _fills_loop(self) -> None:
         """This peer's fills as the exchange creates them: each one triggers a replacement."""
         while True:
-            answer = await self._call("exchange", "GET", f"/fills?after={self._fills_after}&wait={LONG_POLL}",
-                                      timeout=LONG_POLL + 2)
+            path = f"/fills?after={self._fills_after}&wait={LONG_POLL}"
+            answer = await self._call("exchange", "GET", path, timeout=LONG_POLL + 2)
             if answer is None or answer.status != 200:
                 await trio.sleep(0.1)
                 continue
-            body = answer.json()
+            try:
+                notices, next_after = mm_answers.fills(answer.body)
+            except AnswerError as exc:
+                self._malformed("exchange", "GET", path, exc)
+                await trio.sleep(0.1)
+                continue
             now = self.clock()
-            for f in body["fills"]:
-                if f["holder"] != self.name or f["symbol"] not in self.planners:
+            for f in notices:
+                if f.holder != self.name or f.symbol not in self.planners or f.quote_id is None:
                     continue
                 self.stats.fills += 1
-                self.log("mm_fill", fill_id=f["fill_id"], symbol=f["symbol"], side=f["side"], quantity=f["quantity"],
-                         price=f["price"], quote_id=f["quote_id"], epoch=f["epoch"])
-                self.planners[f["symbol"]].on_fill(f["quote_id"], now)
-                self._reserve_early(f["symbol"])
-                self._wake(f["symbol"])
-            self._fills_after = body["next_after"]
+                self.log("mm_fill", fill_id=f.fill_id, symbol=f.symbol, side=f.side, quantity=f.quantity,
+                         price=f.price, quote_id=f.quote_id, epoch=f.epoch)
+                self.planners[f.symbol].on_fill(f.quote_id, now)
+                self._reserve_early(f.symbol)
+                self._wake(f.symbol)
+            self._fills_after = next_after
 
     async def _prices_loop(self) -> None:
         while True:
             answer = await self._call("exchange", "GET", "/prices")
+            read = None
             if answer is not None and answer.status == 200:
+                try:
+                    read = mm_answers.prices(answer.body)
+                except AnswerError as exc:
+                    self._malformed("exchange", "GET", "/prices", exc)
+            if read is not None:
                 now = self.clock()
-                for symbol, price in answer.json()["prices"].items():
+                for symbol, price in read.items():
                     planner = self.planners.get(symbol)
                     if planner is not None and planner.reference_price != price:
                         planner.on_reference_price(price, now)

@@ -283,6 +283,13 @@ class QuotePlanner:
             return None
         return make_quote_id(self.holder, self.symbol, self.epoch, self._counter + 1)
 
+    def retire_quote_id(self, quote_id: str) -> None:
+        """`quote_id` must never be sent: its reservation was asked for early and then released
+        (or the ledger says it has ended). The next new quote carries the id after it, since
+        the ledger answers a repeated quote_id with that quote_id's first reservation."""
+        if quote_id == self.next_quote_id():
+            self._counter += 1
+
     def on_quote_ended(self, quote_id: str, now: float) -> None:
         """The exchange ended the quote (expired, withdrawn, filled in full)."""
         if self.active is not None and self.active.quote_id == quote_id:

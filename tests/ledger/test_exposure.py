@@ -172,6 +172,22 @@ def test_a_completely_filled_reservation_is_released_by_itself():
     assert desk.used() == (0, 0) and rid not in desk.book.active
 
 
+def test_a_retry_after_its_reservation_ended_is_refused_not_granted_again():
+    # The market maker once put a quote on a released reservation because the retry of its
+    # quote_id came back "granted": nothing may read as held capacity once it has ended.
+    desk = Desk()
+    rid = desk.reserve(quote_id="q1", bid_quantity=5, ask_quantity=5).reservation.reservation_id
+    desk.release(rid)
+    with pytest.raises(Refusal) as released:
+        desk.reserve(quote_id="q1", bid_quantity=5, ask_quantity=5)
+    assert released.value.reason == "not-active" and released.value.details["reservation"]["state"] == RELEASED
+    desk.reserve(quote_id="q2", bid_quantity=5, ask_quantity=5, ttl=1.0)
+    with pytest.raises(Refusal) as expired:
+        desk.reserve(quote_id="q2", bid_quantity=5, ask_quantity=5, ttl=1.0, now=T0 + 2)
+    assert expired.value.reason == "not-active" and expired.value.details["reservation"]["state"] == EXPIRED
+    assert desk.used(T0 + 2) == (0, 0)
+
+
 def test_release_frees_capacity_and_is_safe_to_repeat():
     desk = Desk()
     rid = desk.reserve(quote_id="q1", bid_quantity=50, ask_quantity=50).reservation.reservation_id
@@ -289,6 +305,7 @@ def test_usage_never_exceeds_the_limit_and_retries_never_double_reserve(ops, lim
                 kw = sent[op[1] % len(sent)]
                 answer = desk.reserve(now=now, **kw)
                 assert answer.duplicate and answer.changed == ()
+                assert answer.reservation.state in (ACTIVE, "rejected"), "an ended one is never handed back"
                 assert desk.used(now) == before, "a retry reserves nothing"
             elif kind == "fill" and ids:
                 desk.fill(ids[op[1] % len(ids)], f"F{op[2]}", op[3], op[4], now=now)

@@ -157,3 +157,51 @@ async def test_a_joining_market_maker_takes_only_its_symbols_by_hand_over(tmp_pa
             else:
                 assert after[s]["epoch"] > before[s]["epoch"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_released_early_reservation_never_covers_a_later_quote(tmp_path):
+    """The sequence behind a quote once seen live on a released reservation: an early
+    reservation is asked for the next quote_id, then dropped and released ("not-used"); a fill
+    then asks again for that same quote_id. The ledger used to answer the retry with the released
+    reservation and its old "granted", and the replacement went live on it. Now the quote_id is
+    spent when its early reservation is dropped, and the ledger refuses a retry of an ended one."""
+    view = View()
+    async with trio.open_nursery() as nursery, httpx.AsyncClient() as c:
+        exchange, ledger, ex, lg = await start_market(nursery, tmp_path, view)
+        mm = await start_mm(nursery, "mm-1", view)
+
+        async def msft_quote():
+            return (await c.get(f"{ex}/quotes/MSFT")).json()["quote"]
+
+        old = await until(msft_quote)
+        planner = mm.planners["MSFT"]
+        spent = planner.next_quote_id()
+        mm._reserve_early("MSFT")
+        early = mm._early["MSFT"]
+        assert early[0] == spent
+        await early[1].wait()
+        rid = json.loads(early[2][0].body)["reservation"]["reservation_id"]
+        mm._drop_early("MSFT", "not-used")
+
+        async def released():
+            r = (await c.get(f"{lg}/reservations/{rid}")).json()["reservation"]
+            return r["state"] == "released"
+
+        await until(released)
+
+        # A fill of the live quote: the replacement must carry a reservation the ledger holds.
+        order = {"order_id": "hit-1", "symbol": "MSFT", "side": "buy", "type": "limit",
+                 "quantity": old["ask_quantity"], "limit_price": old["ask_price"]}
+        assert (await c.post(f"{ex}/orders", json=order)).json()["fills"]
+
+        async def replaced():
+            q = await msft_quote()
+            return q if q and q["quote_id"] != old["quote_id"] else None
+
+        new = await until(replaced)
+        assert new["quote_id"] != spent
+        r = (await c.get(f"{lg}/reservations/{new['reservation_id']}")).json()["reservation"]
+        assert r["state"] == "active" and r["quote_id"] == new["quote_id"]
+        lines = [json.loads(line) for line in mm.log.stream.getvalue().splitlines()]
+        assert not [x for x in lines if x["event"] == "mm_quote_active" and x["quote_id"] == spent]
+        nursery.cancel_scope.cancel()

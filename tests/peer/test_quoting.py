@@ -435,3 +435,18 @@ def test_a_resync_to_a_restored_ledger_takes_a_lower_version_and_requotes_at_onc
     assert c is not None and c.kind == "new" and c.position_version == 4 and c.terms == quote(2)
     assert not p.on_position(1, 4, 1.1)  # and from there on, only newer versions count
     assert a.quote_id != c.quote_id
+
+
+def test_a_retired_quote_id_is_never_issued():
+    # The shell retires the quote_id of an early reservation it released: the ledger would
+    # answer that quote_id with the released reservation.
+    p = QuotePlanner("mm-1", "AAPL")
+    p.start(3, 0.0)
+    spent = p.next_quote_id()
+    p.retire_quote_id(spent)
+    p.retire_quote_id("mm-1.AAPL.e3.q99")  # not the next one: no effect
+    p.on_position(0, 0, 0.0)
+    p.on_reference_price(10_000, 0.0)
+    attempt = p.poll(0.0)
+    assert attempt is not None and attempt.kind == "new"
+    assert attempt.quote_id != spent and attempt.quote_id == "mm-1.AAPL.e3.q2"
