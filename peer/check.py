@@ -1,6 +1,6 @@
 """The invariant checker: reads what a run left behind and says, per invariant, held or violated.
 
-What it is for: `murmur check DATA_DIR`. It re-derives each invariant of MISSION.md from the
+What it is for: `murmur check DATA_DIR`. It re-derives each invariant (docs/invariants.md) from the
 exchange's tape and the ledger's database alone, independently of the code that wrote them: it
 does not replay `ExchangeCore`, it rebuilds quote lifetimes from the records (activation, TTL,
 refresh, replace, withdrawal, cancel, expiry, fills), so a bug in the core is not also a bug in
@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_EVIDENCE = 20
+# A fill the ledger does not have, older than this while the ledger was answering others, was
+# not delivered: the exchange's outbox retries within seconds, so only a refusal keeps it out.
+DELIVERY_BOUND = 10.0
 
 
 @dataclass
 class Verdict:
-    invariant: str  # "1", "2", ... as numbered in MISSION.md
+    invariant: str  # "1", "2", ... as numbered in docs/invariants.md
     check: str
     held: bool | None  # None: not checked (its input is missing)
     counts: dict[str, int] = field(default_factory=dict)
@@ -182,7 +185,8 @@ FILL_FIELDS = ("fill_id", "seq", "order_id", "symbol", "side", "quantity", "pric
                "reservation_id", "created_at")
 
 
-def check_ledger(conn: Any, facts: TapeFacts | None, limit: int, snapshot_at: float = math.inf) -> list[Verdict]:
+def check_ledger(conn: Any, facts: TapeFacts | None, limit: int, snapshot_at: float = math.inf,
+                 delivery_bound: float = DELIVERY_BOUND) -> list[Verdict]:
     """Invariants 2 (ledger half), 3 and 4 over the ledger's database (an sqlite3 connection
     with `row_factory = sqlite3.Row`), cross-checked with the tape's facts when there are some.
 
@@ -227,6 +231,13 @@ def check_ledger(conn: Any, facts: TapeFacts | None, limit: int, snapshot_at: fl
     for symbol in set(positions) - set(running):
         derived.violate(f"position {symbol} exists with no fills")
     in_ledger = {r["fill_id"] for r in rows}
+    delivered = Verdict("2", f"every fill reached the ledger within {delivery_bound:g} s while the ledger was "
+                             "reachable", True)
+    if facts is not None:
+        _check_delivery(conn, facts, in_ledger, delivered, snapshot_at, delivery_bound)
+    else:
+        delivered.held = None
+        delivered.note = "no tape: fills are created on the exchange's tape"
     if facts is not None:
         acked = facts.acked_by(snapshot_at)
         missing = [fid for fid in facts.fill_order if facts.fills[fid]["seq"] <= acked and fid not in in_ledger]
@@ -245,7 +256,36 @@ def check_ledger(conn: Any, facts: TapeFacts | None, limit: int, snapshot_at: fl
         backed.note = "no tape: quotes are on the exchange's tape"
     else:
         _check_backing(conn, facts, backed, snapshot_at)
-    return [once, derived, limited, backed]
+    return [once, delivered, derived, limited, backed]
+
+
+def _check_delivery(conn: Any, facts: TapeFacts, in_ledger: set[str], verdict: Verdict, snapshot_at: float,
+                    bound: float) -> None:
+    """A fill on the tape that the ledger lacks is a violation once it is older than `bound` at a
+    time the ledger was demonstrably reachable: it recorded a fill, granted a reservation or
+    counted a fill against one, or the exchange recorded its acknowledgement. (A ledger that was
+    down since has no such time, and its missing fills are only "not yet delivered".) Times are
+    both peers' wall clocks: on several machines, `bound` must cover their skew."""
+    last = max((at for at, _ in facts.acks), default=-math.inf)
+    for sql in ("SELECT MAX(recorded_at) FROM fills", "SELECT MAX(created_at) FROM reservations",
+                "SELECT MAX(applied_at) FROM reservation_fills"):
+        value = conn.execute(sql).fetchone()[0]
+        if value is not None:
+            last = max(last, value)
+    last = min(last, snapshot_at)
+    late = 0
+    for fid in facts.fill_order:
+        if fid in in_ledger:
+            continue
+        created = facts.fills[fid].get("created_at")
+        if isinstance(created, int | float) and created + bound < last:
+            late += 1
+            verdict.violate(f"fill {fid} (fill seq {facts.fills[fid].get('seq')}) created at {created:.6f} is not "
+                            f"in the ledger, which was reachable until {last:.6f}: stuck in the exchange's outbox "
+                            "(see docs/runbook.md, 'Fills not delivered')")
+    verdict.counts = {"not_delivered_past_bound": late}
+    if last > -math.inf:
+        verdict.counts["ledger_last_seen"] = int(last)
 
 
 def _check_exposure(conn: Any, limit: int, verdict: Verdict) -> None:

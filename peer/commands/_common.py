@@ -67,6 +67,16 @@ def positive_int_arg(text: str) -> int:
     return value
 
 
+def positive_seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < 1e9:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def port_arg(text: str) -> int:
     try:
         value = int(text)

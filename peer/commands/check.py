@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peer.check import Verdict, check_ledger, check_tape
-from peer.commands._common import UsageError, positive_int_arg
+from peer.check import DELIVERY_BOUND, Verdict, check_ledger, check_tape
+from peer.commands._common import UsageError, positive_int_arg, positive_seconds_arg
 from peer.tape import CorruptTape, NotATape, TapeReader
 
 NAME = "check"
@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="the cluster's data directory (as given to launch)")
     p.add_argument("--exposure-limit", type=positive_int_arg, default=100,
                    help="the ledger's global exposure limit, each side (default: 100)")
+    p.add_argument("--delivery-bound", type=positive_seconds_arg, default=DELIVERY_BOUND, metavar="SECONDS",
+                   help="a fill the ledger lacks, older than this while the ledger was answering, is a violation "
+                        f"of invariant 2 (default: {DELIVERY_BOUND:g}; on several machines add their clock skew)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
 
 
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             problems.append(f"tape {tape_path}: {exc}")
     if conn is not None:
         try:
-            verdicts += check_ledger(conn, facts, args.exposure_limit, snapshot_at)
+            verdicts += check_ledger(conn, facts, args.exposure_limit, snapshot_at, args.delivery_bound)
         except sqlite3.DatabaseError as exc:
             problems.append(f"ledger {ledger_path}: {exc} (see docs/runbook.md, 'Damaged ledger database')")
         finally:

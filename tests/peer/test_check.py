@@ -111,3 +111,45 @@ async def test_murmur_check_on_an_honest_tape_alone_holds_and_says_what_it_could
     report = json.loads(capsys.readouterr().out)
     assert report["ledger"] is None and report["result"] == "held"
     assert {v["invariant"] for v in report["verdicts"]} == {"1", "2"}
+
+
+def _ledger_with(tmp_path, fills, reservations_at=()):
+    """A real ledger database holding `fills` (tape fill dicts) and reservations made at the given times."""
+    import sqlite3
+
+    from ledger.exposure import ReservationRequest
+    from ledger.store import RecordFills, Reserve, validate_fill
+    from ledger.store import LedgerStore
+
+    path = tmp_path / "ledger" / "ledger.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = LedgerStore.open(path, now=0.0)
+    if fills:
+        store.apply([RecordFills(tuple(validate_fill(dict(f)) for f in fills))], fills[-1]["created_at"])
+    for i, at in enumerate(reservations_at):
+        store.apply([Reserve(ReservationRequest(f"q-{i}", "mm-1", "AAPL", 1, 1, ttl=5.0))], at)
+    store.close()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+async def test_fills_stuck_before_a_reachable_ledger_are_a_violation_of_invariant_2(tmp_path):
+    # The outbox once retried a refused fill forever while `murmur check` said HELD.
+    from peer.check import check_ledger
+
+    _, facts = check_tape(await takeover_history(tmp_path / "exchange"))
+    first, second = (facts.fills[fid] for fid in facts.fill_order)
+    delivered = "every fill reached the ledger within 10 s while the ledger was reachable"
+    # The ledger has the first fill only, and answered a reservation 60 s after the second fill.
+    conn = _ledger_with(tmp_path / "a", [first], reservations_at=[second["created_at"] + 60])
+    verdict = by_check(check_ledger(conn, facts, 100))[delivered]
+    assert verdict.held is False and second["fill_id"] in verdict.evidence[0]
+    assert verdict.counts["not_delivered_past_bound"] == 1
+    # The same, but the ledger was last seen before the bound ran out: not yet delivered, held.
+    conn = _ledger_with(tmp_path / "b", [first], reservations_at=[second["created_at"] + 5])
+    assert by_check(check_ledger(conn, facts, 100))[delivered].held is True
+    # A wider bound says the same of the first database.
+    conn = _ledger_with(tmp_path / "c", [first], reservations_at=[second["created_at"] + 60])
+    assert by_check(check_ledger(conn, facts, 100, delivery_bound=120))[
+        "every fill reached the ledger within 120 s while the ledger was reachable"].held is True
