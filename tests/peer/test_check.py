@@ -118,8 +118,7 @@ def _ledger_with(tmp_path, fills, reservations_at=()):
     import sqlite3
 
     from ledger.exposure import ReservationRequest
-    from ledger.store import RecordFills, Reserve, validate_fill
-    from ledger.store import LedgerStore
+    from ledger.store import LedgerStore, RecordFills, Reserve, validate_fill
 
     path = tmp_path / "ledger" / "ledger.db"
     path.parent.mkdir(parents=True, exist_ok=True)
