@@ -17,8 +17,10 @@ needs ("is the current holder alive in my view?") is an argument too.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+from book import bounds
 from book.authority import AuthorityTable
 from book.fills import Fill, Quote, QuoteState
 from book.orderbook import OrderBook
@@ -37,19 +39,15 @@ class CommandError(ValueError):
 
 
 def _int(args: dict, name: str, *, positive: bool = True) -> int:
-    v = args.get(name)
-    if type(v) is not int or (positive and v <= 0) or v < 0 or v >= 2**53:
-        raise CommandError(name, "must be a positive whole number" if positive else "must be a whole number >= 0")
-    return v
+    """A counter (epoch, seq): within book.bounds.MAX_COUNT."""
+    return bounds.count(args.get(name), name, minimum=1 if positive else 0, error=CommandError)
 
 
 def _str(args: dict, name: str, *, optional: bool = False) -> str | None:
     v = args.get(name)
     if v is None and optional:
         return None
-    if type(v) is not str or not v or len(v) > 128:
-        raise CommandError(name, "must be a non-empty string of at most 128 characters")
-    return v
+    return bounds.ident(v, name, error=CommandError)
 
 
 def _answer(accepted: bool, reason: str, **data: Any) -> dict[str, Any]:
@@ -63,6 +61,8 @@ class ExchangeCore:
                  fill_prefix: str = "F"):
         if not symbols or len(set(symbols)) != len(symbols):
             raise ValueError("symbols must be a non-empty list of distinct names")
+        for s in symbols:
+            bounds.symbol(s, "symbols", error=lambda field, message: ValueError(f"{field}: {message}"))
         self.symbols = list(symbols)
         self.quote_ttl = quote_ttl
         self.books = {s: OrderBook(s) for s in symbols}
@@ -83,8 +83,14 @@ class ExchangeCore:
     # --- dispatch (what the tape replays) ------------------------------------------------------
 
     def execute(self, kind: str, args: dict[str, Any], now: float) -> dict[str, Any]:
-        if kind not in self.COMMANDS:
-            raise CommandError("type", f"unknown command {kind!r}")
+        if type(kind) is not str or kind not in self.COMMANDS:
+            raise CommandError("type", f"unknown command {bounds.short(kind)}")
+        if not isinstance(args, dict):
+            raise CommandError("args", "must be a map of the command's arguments")
+        allowed = _ARGUMENTS[kind]
+        for name in args:
+            if name not in allowed:
+                raise CommandError(str(name)[:60], f"unknown field; allowed: {', '.join(allowed)}")
         self.commands += 1
         return getattr(self, kind)(now=now, **args)
 
@@ -103,8 +109,7 @@ class ExchangeCore:
                 return {**seen[1], "duplicate": True}
             return _answer(False, "conflict", order_id=order_id,
                            detail="order_id already used with different content")
-        if symbol not in self.books:
-            raise CommandError("symbol", f"unknown symbol {symbol!r}")
+        symbol = self._known_symbol(symbol)
         try:
             side_v = Side(side)
         except ValueError:
@@ -117,8 +122,8 @@ class ExchangeCore:
         try:
             order.validate()
         except BookError as exc:
-            field = "limit_price" if "limit_price" in str(exc) else "quantity"
-            raise CommandError(field, str(exc)) from None
+            field = getattr(exc, "field", None) or "quantity"
+            raise CommandError(field, str(exc).removeprefix(f"{field}: ")) from None
         book = self.books[symbol]
         executions = book.submit(order, now)
         fills = self._record_executions(executions, now)
@@ -182,7 +187,8 @@ class ExchangeCore:
         seq = _int({"seq": seq}, "seq")
         quote_id = _str({"quote_id": quote_id}, "quote_id")
         terms = {"bid_price": bid_price, "bid_quantity": bid_quantity, "ask_price": ask_price, "ask_quantity": ask_quantity}
-        bp, bq, ap, aq = (_int(terms, k, positive=(k.endswith("price"))) for k in terms)
+        bp, ap = (bounds.price(terms[k], k, error=CommandError) for k in ("bid_price", "ask_price"))
+        bq, aq = (bounds.quantity(terms[k], k, minimum=0, error=CommandError) for k in ("bid_quantity", "ask_quantity"))
         if bq == 0 and aq == 0:
             raise CommandError("bid_quantity", "a quote needs a bid or an ask quantity")
         if bp >= ap:
@@ -292,9 +298,13 @@ class ExchangeCore:
 
     # --- internals ----------------------------------------------------------------------------
 
+    def _known_symbol(self, symbol: Any) -> str:
+        if type(symbol) is not str or symbol not in self.books:
+            raise CommandError("symbol", f"unknown symbol {bounds.short(symbol)}")
+        return symbol
+
     def _fence_args(self, symbol: Any, holder: Any, epoch: Any) -> tuple[str, str, int]:
-        if symbol not in self.books:
-            raise CommandError("symbol", f"unknown symbol {symbol!r}")
+        symbol = self._known_symbol(symbol)
         holder = _str({"holder": holder}, "holder")
         epoch = _int({"epoch": epoch}, "epoch")
         return symbol, holder, epoch
@@ -353,3 +363,10 @@ class ExchangeCore:
             fills.append(fill)
             self._maybe_filled(quote)
         return fills
+
+
+# The arguments each command takes (besides `now`): anything else is refused, by name.
+_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    kind: tuple(p for p in inspect.signature(getattr(ExchangeCore, kind)).parameters if p not in ("self", "now"))
+    for kind in ExchangeCore.COMMANDS
+}

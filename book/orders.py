@@ -19,6 +19,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from book import bounds
+
 
 class Side(enum.Enum):
     BUY = "buy"
@@ -79,6 +81,14 @@ class IllegalTransition(BookError):
 class InvalidOrder(BookError):
     reason = "invalid-order"
 
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field  # the order's field at fault, when one is
+
+
+def _invalid_field(field: str, message: str) -> InvalidOrder:
+    return InvalidOrder(f"{field}: {message}", field)
+
 
 class UnknownOrder(BookError):
     reason = "unknown-order"
@@ -131,14 +141,15 @@ class Order:
         self.status = new
 
     def validate(self) -> None:
-        if not self.order_id or len(self.order_id) > 128:
-            raise InvalidOrder("order_id must be 1-128 characters")
-        if type(self.quantity) is not int or self.quantity <= 0:
-            raise InvalidOrder("quantity must be a positive whole number")
-        if self.kind is Kind.LIMIT and (type(self.limit_price) is not int or self.limit_price <= 0):
-            raise InvalidOrder("limit_price must be a positive whole number of ticks for a limit order")
+        """The bounds of book/bounds.py: the ledger accepts every fill an order can make."""
+        # A quote leg's id is its quote's id and "/buy" or "/sell": a quote_id at the bound fits.
+        longest = bounds.MAX_ID_LENGTH + (len("/sell") if self.quote_id is not None else 0)
+        bounds.ident(self.order_id, "order_id", max_length=longest, error=_invalid_field)
+        bounds.quantity(self.quantity, "quantity", error=_invalid_field)
+        if self.kind is Kind.LIMIT:
+            bounds.price(self.limit_price, "limit_price", error=_invalid_field)
         if self.kind is Kind.MARKET and self.limit_price is not None:
-            raise InvalidOrder("a market order takes no limit_price")
+            raise InvalidOrder("limit_price: a market order takes no limit_price", "limit_price")
 
     def to_json(self) -> dict:
         out = {
