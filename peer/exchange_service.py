@@ -69,6 +69,8 @@ class ExchangeService:
         self.counters: dict[str, int] = {"commands": 0, "accepted": 0, "rejected": 0, "invalid": 0, "replayed": 0}
         self._ticker_wakeup = trio.Event()
         self.outbox_stats: dict[str, int] = {}
+        # Set while the ledger refuses a batch of fills outright (peer.outbox): what it said.
+        self.outbox_alarm: dict[str, Any] | None = None
 
     # --- start: replay, then serve ------------------------------------------------------------
 
@@ -286,6 +288,10 @@ class ExchangeService:
 
     # --- reading ------------------------------------------------------------------------------
 
+    def alarms(self) -> dict[str, dict[str, Any]]:
+        """What needs a person (see docs/runbook.md), for `/status`."""
+        return {"outbox-refused": self.outbox_alarm} if self.outbox_alarm is not None else {}
+
     def price(self, symbol: str) -> int:
         assert self.prices is not None
         return self.prices.price(symbol, self.clock() - self.genesis["at"])
@@ -297,6 +303,8 @@ class ExchangeService:
             "symbols": core.symbols if core else [],
             "fills": len(core.fills) if core else 0,
             "ledger_acked": self.ledger_acked,
+            "outbox": {**self.outbox_stats, "pending": (len(core.fills) if core else 0) - self.ledger_acked,
+                       "alarm": self.outbox_alarm},
             "active_quotes": len(core.active_quotes) if core else 0,
             "flow_rate": self.flow_rate,
             **self.counters,

@@ -13,7 +13,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +31,7 @@ from gossip.types import Address, Member, MemberEvent, MemberState
 from peer.addresses import format_address
 from peer.http_server import HttpServer
 from peer.logs import JsonLog, wall_iso
+from peer.roles import SINGLETON_ROLES, RoleDirectory
 
 
 class NodeView(Protocol):
@@ -63,6 +64,28 @@ class PeerHandle:
     started_wall: float = field(default_factory=time.time)
     # Membership transitions seen by this peer, by (new state, reason), for /metrics.
     transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Which members this peer takes for the exchange and the ledger (peer.roles).
+    roles: RoleDirectory = field(default_factory=RoleDirectory)
+    # Parts that can raise an alarm (something a person must act on): each returns name -> details.
+    alarm_sources: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
+    # A role's counters for /metrics: (metric prefix, a function returning name -> count).
+    stat_sources: list[tuple[str, Callable[[], dict[str, Any]]]] = field(default_factory=list)
+
+    def role_choices(self) -> dict[str, dict[str, Any]]:
+        """The exchange and ledger as this peer would choose them now, with any conflict."""
+        if self.node is None:
+            return {}
+        members = self.node.members()
+        return {role: self.roles.choose(role, members).to_json() for role in SINGLETON_ROLES}
+
+    def alarms(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for role, choice in self.role_choices().items():
+            if choice["conflict"]:
+                out[f"role-conflict:{role}"] = {"holder": choice["holder"], "claimants": choice["conflict"]}
+        for source in self.alarm_sources:
+            out.update(source())
+        return out
 
     def wall(self, core_time: float) -> float:
         return core_time + self.clock_offset
@@ -118,6 +141,8 @@ async def status(request: Request) -> Response:
             "health": node.health,
             "protocol_version": PROTOCOL_VERSION,
             "pid": os.getpid(),
+            "roles": handle.role_choices(),
+            "alarms": handle.alarms(),
         }
     )
 
@@ -207,12 +232,19 @@ class PeerCollector:
         for (state, reason), n in sorted(handle.transitions.items()):
             transitions.add_metric([state, reason], n)
         yield transitions
+        alarms = GaugeMetricFamily("murmur_alarm", "1 while the named alarm is raised (see /status).",
+                                   labels=["alarm"])
+        for name in sorted(handle.alarms()):
+            alarms.add_metric([name], 1)
+        yield alarms
         sources = [("murmur_gossip", node.stats(), "Gossip protocol counter")]
         for prefix, part, doc in (("murmur_transport", handle.transport, "Transport counter"),
                                   ("murmur_http", handle.http_server, "HTTP server counter")):
             part_stats = getattr(part, "stats", None)
             if isinstance(part_stats, dict):
                 sources.append((prefix, part_stats, doc))
+        for prefix, read in handle.stat_sources:
+            sources.append((prefix, read(), "Counter"))
         for prefix, stats, doc in sources:
             for key, value in sorted(stats.items()):
                 if key in _STAT_GAUGES:

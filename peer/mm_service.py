@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from gossip.types import Member, MemberState
+from gossip.types import Member
 from peer import mm_answers
 from peer.http_client import Answer, HttpClient, HttpError
 from peer.logs import JsonLog
@@ -60,6 +60,7 @@ from peer.quoting import (
     cap_by_reservation,
 )
 from peer.rendezvous import assignment, candidates_from_view
+from peer.roles import RoleDirectory
 
 # The reservation outlives its quote's TTL by this much: the exchange starts the TTL a little
 # after the ledger starts the reservation, and a quote must never be live without one.
@@ -86,6 +87,9 @@ class MarketMakerStats:
     loop_failures: int = 0
     authority_changes: list[dict[str, Any]] = field(default_factory=list)
 
+    def counters(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if type(v) is int}
+
     def to_json(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["authority_changes"] = self.authority_changes[-20:]
@@ -105,6 +109,7 @@ class MarketMakerService:
         authority_config: AuthorityConfig | None = None,
         seed: int = 0,
         request_timeout: float = 1.0,
+        roles: RoleDirectory | None = None,
     ) -> None:
         self.name = name
         self.members = members
@@ -115,6 +120,7 @@ class MarketMakerService:
         self.authority_config = authority_config or AuthorityConfig()
         self.seed = seed
         self.request_timeout = request_timeout
+        self.roles = roles or RoleDirectory(self.log)
         self.symbols: list[str] = []
         self.authority: MarketMakerAuthority | None = None
         self.planners: dict[str, QuotePlanner] = {}
@@ -141,10 +147,7 @@ class MarketMakerService:
         self._view_changed.set()
 
     def _url(self, role: str) -> str | None:
-        for m in self.members():
-            if m.role == role and m.state is MemberState.ALIVE and m.http:
-                return m.http
-        return None
+        return self.roles.url(role, self.members())
 
     def _client(self, url: str) -> HttpClient:
         client = self._clients.get(url)

@@ -9,6 +9,12 @@ a few acknowledged fills are sent again, which the ledger answers as duplicates.
 delivery exactly once by `fill_id`. Batches are sent in fill order and the cursor only moves
 past a fill the ledger acknowledged.
 
+A refusal that retrying cannot change (a 4xx other than 408 and 429: the ledger says the batch
+itself is wrong) is an alarm: logged once as `outbox_alarm` with the ledger's answer, counted,
+shown in `/status` (`alarms`), `/exchange` and `murmur top`, and retried at the slowest pace
+until the operator mends the cause; `outbox_alarm_cleared` when a batch gets through again.
+See docs/runbook.md, "Fills not delivered".
+
 It must never skip a fill, reorder fills, or move the cursor on anything but a 2xx answer that
 covers the whole batch.
 """
@@ -25,6 +31,11 @@ from peer.http_client import HttpClient, HttpError
 BATCH = 200
 
 
+def is_permanent(status: int) -> bool:
+    """A refusal that the same request will meet again: the ledger judged the batch, not its load."""
+    return 400 <= status < 500 and status not in (408, 429)
+
+
 async def deliver_fills(
     service: ExchangeService,
     ledger_url: Callable[[], str | None],
@@ -38,7 +49,7 @@ async def deliver_fills(
     # One keep-alive client per ledger URL (the ledger may come back at another address).
     clients: dict[str, HttpClient] = {}
     make = client_factory or (lambda url: HttpClient(url, max_connections=1, timeout=5.0))
-    service.outbox_stats.update(batches=0, delivered=0, failures=0)
+    service.outbox_stats.update(batches=0, delivered=0, failures=0, refusals=0)
     task_status.started()
     try:
         async with trio.open_nursery() as acks:
@@ -80,12 +91,20 @@ async def _deliver(
             service.log("outbox_error", ledger=url, error=str(exc)[:200])
         if not ok:
             service.outbox_stats["failures"] += 1
-            if r is not None:
+            if r is not None and is_permanent(r.status):
+                service.outbox_stats["refusals"] += 1
+                _raise_alarm(service, url, r.status, r.body, pending[0].seq, pending[0].fill_id)
+                # Retrying at once changes nothing: the slowest pace, until someone mends it.
+                backoff = retry_max
+            elif r is not None:
                 service.log("outbox_refused", ledger=url, status=r.status,
                             body=r.body[:300].decode("utf-8", "replace"))
             await trio.sleep(backoff)
             backoff = min(retry_max, backoff * 2)
             continue
+        if service.outbox_alarm is not None:
+            service.log("outbox_alarm_cleared", **service.outbox_alarm)
+            service.outbox_alarm = None
         backoff = retry_min
         service.outbox_stats["batches"] += 1
         service.outbox_stats["delivered"] += len(pending)
@@ -95,3 +114,16 @@ async def _deliver(
         record = service.note_ledger_ack(pending[-1].seq)
         if record is not None:
             acks.start_soon(service.persist, record)
+
+
+def _raise_alarm(service: ExchangeService, url: str, status: int, body: bytes, seq: int, fill_id: str) -> None:
+    """Set the outbox alarm; log it when it is new or names another fill or answer."""
+    text = body[:300].decode("utf-8", "replace")
+    alarm = service.outbox_alarm
+    if alarm is not None and (alarm["status"], alarm["fill_seq"]) == (status, seq):
+        alarm["attempts"] += 1
+        return
+    service.outbox_alarm = {"status": status, "fill_seq": seq, "fill_id": fill_id, "answer": text,
+                            "ledger": url, "since": service.clock(), "attempts": 1}
+    service.log("outbox_alarm", reason="ledger-refused-batch", ledger=url, status=status, fill_seq=seq,
+                fill_id=fill_id, answer=text, pending_from=seq)

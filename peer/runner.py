@@ -33,6 +33,7 @@ from peer.addresses import format_address, http_url, is_unspecified
 from peer.dirlock import lock_directory
 from peer.http import PeerHandle, create_app, serve_http
 from peer.logs import JsonLog, wall_iso
+from peer.roles import RoleDirectory
 
 ROLES = ("mm", "exchange", "ledger")
 PEER_FILE = "peer.json"
@@ -140,6 +141,7 @@ async def _run_peer(
         role=opts.role,
         profile=config.name,
         clock_offset=time.time() - trio.current_time(),
+        roles=RoleDirectory(log),
     )
 
     view_listeners: list = []  # called on every membership event (the market maker's assignment)
@@ -210,7 +212,7 @@ async def _run_peer(
                 await nursery.start(node.run)
                 handle.node = node
                 if opts.role == "mm":
-                    app.state.mm = await _start_market_maker(nursery, opts, name, node, log)
+                    app.state.mm = await _start_market_maker(nursery, opts, name, node, log, handle)
                     view_listeners.append(app.state.mm.view_changed)
 
                 if opts.discover:
@@ -282,12 +284,7 @@ async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: Pe
 
     def ledger_url() -> str | None:
         node = handle.node
-        if node is None:
-            return None
-        for m in node.members():
-            if m.role == "ledger" and m.state is MemberState.ALIVE and m.http:
-                return m.http
-        return None
+        return None if node is None else handle.roles.url("ledger", node.members())
 
     service = ExchangeService(
         data_dir,
@@ -301,6 +298,8 @@ async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: Pe
     )
     await nursery.start(service.run)
     await nursery.start(deliver_fills, service, ledger_url)
+    handle.alarm_sources.append(service.alarms)
+    handle.stat_sources.append(("murmur_outbox", lambda: service.outbox_stats))
     return service
 
 
@@ -314,7 +313,7 @@ async def _start_ledger(nursery, opts: PeerOptions, data_dir: Path, handle: Peer
     return service
 
 
-async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: JsonLog):
+async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: JsonLog, handle: PeerHandle):
     from peer.mm_authority import AuthorityConfig
     from peer.mm_service import MarketMakerService
     from peer.quoting import PlannerConfig, QuoteConfig
@@ -328,8 +327,10 @@ async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: 
         # The exchange's lease; the core never believes in a longer one than the exchange reports.
         authority_config=AuthorityConfig(lease_duration=opts.lease),
         seed=opts.seed or 0,
+        roles=handle.roles,
     )
     await nursery.start(service.run)
+    handle.stat_sources.append(("murmur_mm", service.stats.counters))
     return service
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -169,3 +171,39 @@ async def test_command_batch_runs_in_order_is_durable_together_and_answers_bad_o
     kinds = [(r["type"], r["args"].get("order_id")) for r in TapeReader(tmp_path / "exchange.tape").records()
              if r["type"] != "genesis"]
     assert kinds == [("submit_order", "a"), ("cancel_order", "a")]
+
+
+async def test_a_ledger_that_refuses_a_batch_outright_raises_an_alarm_until_a_batch_gets_through(tmp_path):
+    # The outbox once retried a 400 forever with nothing said: ledger_acked stood still unseen.
+    clock = Clock()
+    refuse = {"on": True}
+    received: list[str] = []
+
+    async def ledger(request: Request) -> JSONResponse:
+        if refuse["on"]:
+            return JSONResponse({"error": "price: must be at most 9007199254740991", "field": "price"},
+                                status_code=400)
+        received.extend(f["fill_id"] for f in (await request.json())["fills"])
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/fills", ledger, methods=["POST"])])
+    lines: list[dict] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_http, app, ("127.0.0.1", 0), trio.Event())
+            service = await started(nursery, tmp_path, clock)
+            service.log = lambda event, **kw: lines.append({"event": event, **kw})
+            await nursery.start(partial(deliver_fills, service, lambda: url, retry_max=0.05))
+            await trade(service, clock)
+            while service.outbox_stats.get("refusals", 0) < 3:
+                await trio.sleep(0.01)
+            alarm = service.alarms()["outbox-refused"]
+            assert alarm["status"] == 400 and alarm["fill_seq"] == 1 and "price" in alarm["answer"]
+            assert service.status()["outbox"]["pending"] == 3 and service.ledger_acked == 0
+            assert [x["event"] for x in lines].count("outbox_alarm") == 1, "logged once, counted each time"
+            refuse["on"] = False
+            while service.ledger_acked < 3:
+                await trio.sleep(0.01)
+            assert service.alarms() == {} and received == [f.fill_id for f in service.core.fills]
+            assert "outbox_alarm_cleared" in [x["event"] for x in lines]
+            nursery.cancel_scope.cancel()

@@ -205,3 +205,24 @@ async def test_metrics_of_a_served_peer_count_its_http_requests_and_refusals():
     samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples["murmur_http_requests_total"] == 2  # /health and /metrics; the refused one is not a request
     assert samples["murmur_http_bad_requests_total"] == 1
+
+
+async def test_a_second_member_claiming_the_ledger_is_an_alarm_in_status_and_metrics():
+    from .fakes import member, sample_members
+
+    node = FakeNode(members=[*sample_members(), member("aaa-ledger", MemberState.ALIVE, port=7009, role="ledger")])
+    handle = make_handle(node)
+    handle.roles.choose("ledger", [m for m in sample_members()])  # bound to "ledger" before the impostor came
+    handle.alarm_sources.append(lambda: {"outbox-refused": {"status": 400}})
+    app = create_app(handle)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as c:
+        with trio.fail_after(5):
+            body = (await c.get("/status")).json()
+            text = (await c.get("/metrics")).text
+    assert body["roles"]["ledger"] == {"holder": "ledger", "url": "http://127.0.0.1:8002", "conflict": ["aaa-ledger"]}
+    assert body["roles"]["exchange"]["conflict"] == []
+    assert body["alarms"] == {"role-conflict:ledger": {"holder": "ledger", "claimants": ["aaa-ledger"]},
+                              "outbox-refused": {"status": 400}}
+    alarms = {s.labels["alarm"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+              if f.name == "murmur_alarm"}
+    assert alarms == {"role-conflict:ledger": 1.0, "outbox-refused": 1.0}
