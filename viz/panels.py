@@ -330,7 +330,21 @@ def source_line(status: SourceStatus, now: float) -> Text:
         line.append("ok", style="green")
     else:
         line.append("connecting...", style="dim")
+    if status.conflict:
+        line.append(f"  ! also claimed by {', '.join(status.conflict)} (role conflict: see the runbook)",
+                    style="bold red")
+    for name, details in sorted(status.alarms.items()):
+        line.append(f"  ! ALARM {name}: {_alarm_text(details)}", style="bold red")
     return line
+
+
+def _alarm_text(details: Any) -> str:
+    """An alarm's details in one line (they come from the peer: shown as plain text, cut short)."""
+    if isinstance(details, dict):
+        text = ", ".join(f"{k} {v}" for k, v in details.items() if k != "answer")
+    else:
+        text = str(details)
+    return text[:160]
 
 
 def trading_view(

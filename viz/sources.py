@@ -150,7 +150,13 @@ def _find(status: SourceStatus, rows: Rows) -> str | None:
     if rows is None:
         record_failure(status, "waiting for the membership view")
         return None
-    row = locate(rows, status.role)
+    # Sticky like the peers' own choice (peer.roles): the member read before stays the one read
+    # while it is in the view, so a newcomer claiming the role is shown as a conflict, not read.
+    row = next((r for r in rows if r.get("name") == status.name and r.get("role") == status.role
+                and r.get("http") and r.get("state") != "left"), None) or locate(rows, status.role)
+    status.conflict = tuple(sorted(
+        str(r.get("name")) for r in rows
+        if r is not row and r.get("role") == status.role and r.get("http") and r.get("state") in ("alive", "suspect")))
     if row is None:
         status.member_state = None
         record_failure(status, f"no {status.role} in the membership view")
@@ -180,6 +186,7 @@ async def poll_exchange(
         record_failure(state.exchange, describe(exc))
         return False
     record_exchange(state, snapshot)
+    await read_alarms(client, url, state.exchange)
     return True
 
 
@@ -201,7 +208,19 @@ async def poll_ledger(
         record_failure(state.ledger, describe(exc))
         return False
     record_ledger(state, snapshot)
+    await read_alarms(client, url, state.ledger)
     return True
+
+
+async def read_alarms(client: httpx.AsyncClient, url: str, status: SourceStatus) -> None:
+    """The source's raised alarms from its `/status`; left as they were if it cannot be read."""
+    try:
+        with trio.fail_after(POLL_DEADLINE):
+            body = await get_json(client, url, "/status")
+    except Exception:
+        return  # the panels' data came through; the alarms are shown as last read
+    alarms = body.get("alarms") if isinstance(body, dict) else None
+    status.alarms = alarms if isinstance(alarms, dict) else {}
 
 
 async def poll_sources_forever(

@@ -31,6 +31,10 @@ class SourceStatus:
     last_ok: float | None = None  # local wall time of the last good poll
     error: str | None = None
     polls: int = 0
+    # Other up members of the view that claim the same role (a conflict a person must resolve).
+    conflict: tuple[str, ...] = ()
+    # The source's own alarms (`/status` "alarms"): name -> details.
+    alarms: dict[str, Any] = field(default_factory=dict)
 
     def stale_for(self, now: float) -> float | None:
         """Seconds the data on screen is behind, if the last poll failed; None if it is fresh."""

@@ -247,3 +247,12 @@ def test_strings_from_the_cluster_are_drawn_as_text_never_as_markup():
     text = text_of(authority_panel(snap, fresh("exchange"), T0))
     assert "[/bold]mm-9[red]" in text and "[/]MSFT" in text
     assert "KeyError: ['x'] [/oops]" in text_of(authority_panel(None, status, T0))
+
+
+def test_the_source_line_shows_a_role_conflict_and_the_sources_alarms():
+    status = SourceStatus("ledger", name="ledger", url="http://ledger.test:1", member_state="alive", last_ok=T0)
+    status.conflict = ("aaa-ledger",)
+    status.alarms = {"outbox-refused": {"status": 400, "fill_seq": 349, "answer": "long text"}}
+    text = text_of(source_line(status, T0 + 1))
+    assert "also claimed by aaa-ledger" in text
+    assert "ALARM outbox-refused: status 400, fill_seq 349" in text and "long text" not in text

@@ -244,3 +244,14 @@ async def test_the_real_exchange_and_ledger_endpoints_are_read(tmp_path):
     assert (position["net_quantity"], position["position_version"]) == (-2, 1)
     assert position["last_fill_id"] == fill["fill_id"]
     assert set(state.ledger_data.exposure["limit"]) == {"bid", "ask"}
+
+
+async def test_a_second_member_claiming_the_exchange_is_a_conflict_and_the_first_stays_read():
+    router, exchange, _, rows = fake_cluster()
+    state = TradingState()
+    async with client_for(router) as client:
+        assert await poll_exchange(client, rows, state, clock=tick())
+        impostor = member("aaa-exchange", "exchange", "http://impostor:1")
+        assert await poll_exchange(client, [impostor, *rows], state, clock=tick())
+    assert state.exchange.name == "exchange" and state.exchange.url == EXCHANGE_URL
+    assert state.exchange.conflict == ("aaa-exchange",)
