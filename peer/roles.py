@@ -45,16 +45,20 @@ class RoleChoice:
 class RoleDirectory:
     """Sticky role bindings for one peer; see the module docstring for the rule."""
 
-    def __init__(self, log: Callable[..., None] | None = None) -> None:
+    def __init__(self, log: Callable[..., None] | None = None, *, me: tuple[str, str] | None = None) -> None:
+        """`me`: this peer's own (role, name); a peer of a singleton role is bound to itself."""
         self._log = log
         self._holders: dict[str, str] = {}
+        self._me = me
         self._choices: dict[str, RoleChoice] = {}
 
     def choose(self, role: str, members: Iterable[Member]) -> RoleChoice:
         view = {m.name: m for m in members}
         claimants = sorted(m.name for m in view.values() if m.role == role and m.state.is_up and m.http)
+        if self._me is not None and self._me[0] == role:
+            self._holders[role] = self._me[1]
         holder = self._holders.get(role)
-        if holder is not None:
+        if holder is not None and holder != (self._me or ("", ""))[1]:
             held = view.get(holder)
             if held is None or held.state is MemberState.LEFT or held.role != role:
                 self._note(role, "role_unbound", holder=holder,

@@ -141,7 +141,7 @@ async def _run_peer(
         role=opts.role,
         profile=config.name,
         clock_offset=time.time() - trio.current_time(),
-        roles=RoleDirectory(log),
+        roles=RoleDirectory(log, me=(opts.role, name)),
     )
 
     view_listeners: list = []  # called on every membership event (the market maker's assignment)

@@ -205,3 +205,42 @@ async def test_a_released_early_reservation_never_covers_a_later_quote(tmp_path)
         lines = [json.loads(line) for line in mm.log.stream.getvalue().splitlines()]
         assert not [x for x in lines if x["event"] == "mm_quote_active" and x["quote_id"] == spent]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_ledger_that_answers_garbage_costs_requests_never_the_market_maker(tmp_path):
+    """Found on real processes: an impostor in the ledger's place answered `{}`, and the market
+    makers ended on KeyError: 'updates'. Every answer is read by mm_answers now."""
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    seen: list[str] = []
+
+    async def garbage(request):
+        seen.append(f"{request.method} {request.url.path}")
+        bodies = {"/positions": b'{"positions": [], "last_seq": 0}',
+                  "/updates": b"{}", "/reservations": b'{"decision": "granted", "reservation": []}'}
+        return Response(bodies.get(request.url.path, b"[[[["), media_type="application/json")
+
+    view = View()
+    async with trio.open_nursery() as nursery:
+        exchange = ExchangeService(tmp_path / "exchange", symbols=SYMBOLS, lease_duration=2.0,
+                                   is_alive=lambda name: name in view.rows)
+        await nursery.start(exchange.run)
+        ex_url = await serve(nursery, "exchange", exchange_routes(), "exchange", exchange,
+                             exchange_direct_routes(exchange))
+        app = Starlette(routes=[Route("/{path:path}", garbage, methods=["GET", "POST", "PUT", "DELETE"])])
+        bad_url = await nursery.start(partial(serve_http, app, ("127.0.0.1", 0), trio.Event()))
+        view.add("exchange", "exchange", ex_url)
+        view.add("ledger", "ledger", bad_url)
+        view.add("mm-1", "mm", None)
+        mm = MarketMakerService("mm-1", members=view.members, log=JsonLog("mm-1", stream=io.StringIO()),
+                                authority_config=AuthorityConfig(lease_duration=2.0))
+        nursery.start_soon(mm.run)
+        with trio.fail_after(10):
+            while not ({"GET /updates", "POST /reservations"} <= set(seen) and mm.stats.malformed_answers >= 5):
+                await trio.sleep(0.02)
+        assert not exchange.core.active_quotes, "nothing is quoted without a reservation it could read"
+        events = [json.loads(line)["event"] for line in mm.log.stream.getvalue().splitlines()]
+        assert "mm_answer_malformed" in events and "mm_loop_failed" not in events
+        nursery.cancel_scope.cancel()

@@ -66,3 +66,9 @@ def test_two_claimants_and_nobody_bound_means_none_is_used_until_one_remains():
     assert choice.url == "http://ledger-b" and choice.conflict == ()
     assert log.lines[-1] == {"event": "role_conflict", "role": "ledger", "holder": "ledger-b", "claimants": [],
                              "reason": "resolved"}
+
+
+def test_the_exchange_or_ledger_itself_is_bound_to_its_own_role():
+    roles = RoleDirectory(me=("ledger", "ledger"))
+    choice = roles.choose("ledger", [member("aaa-ledger", "ledger"), member("ledger", "ledger")])
+    assert choice.holder == "ledger" and choice.conflict == ("aaa-ledger",)
