@@ -60,6 +60,12 @@ def short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def field_name(key: Any) -> str:
+    """An unknown field's name as an error names it: at most 60 characters, never empty."""
+    name = key[:60] if isinstance(key, str) else short(key)
+    return name or '""'
+
+
 def whole(value: Any, field: str, *, minimum: int = 0, maximum: int = MAX_COUNT,
           error: Error = OutOfBounds) -> int:
     """A whole number in [minimum, maximum]: an int, never a bool, a float or a string."""

@@ -90,7 +90,7 @@ class ExchangeCore:
         allowed = _ARGUMENTS[kind]
         for name in args:
             if name not in allowed:
-                raise CommandError(str(name)[:60], f"unknown field; allowed: {', '.join(allowed)}")
+                raise CommandError(bounds.field_name(name), f"unknown field; allowed: {', '.join(allowed)}")
         self.commands += 1
         return getattr(self, kind)(now=now, **args)
 

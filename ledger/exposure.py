@@ -107,7 +107,7 @@ def seconds(value: Any, field: str) -> float:
 def only(body: dict[str, Any], allowed: Iterable[str], where: str = "") -> None:
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise InvalidInput(f"{where}{unknown[0]}", f"unknown field; allowed: {', '.join(allowed)}")
+        raise InvalidInput(f"{where}{bounds.field_name(unknown[0])}", f"unknown field; allowed: {', '.join(allowed)}")
 
 
 def parse_request(body: Any) -> ReservationRequest:
@@ -138,7 +138,7 @@ def parse_request(body: Any) -> ReservationRequest:
 
 def parse_side(value: Any, field: str = "side") -> str:
     if type(value) is not str or value not in SIDES:
-        raise InvalidInput(field, f"must be one of {', '.join(SIDES)}, got {value!r}")
+        raise InvalidInput(field, f"must be one of {', '.join(SIDES)}, got {bounds.short(value)}")
     return SIDES[value]
 
 

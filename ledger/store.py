@@ -161,7 +161,7 @@ def validate_fill(obj: Any, where: str = "") -> dict[str, Any]:
             raise InvalidInput(where + name, "required")
     side = obj["side"]
     if type(side) is not str or side not in ("buy", "sell"):
-        raise InvalidInput(where + "side", f"must be 'buy' (the market maker bought) or 'sell', got {side!r}")
+        raise InvalidInput(where + "side", f"must be 'buy' (the market maker bought) or 'sell', got {bounds.short(side)}")
     created_at = bounds.seconds(obj["created_at"], where + "created_at", error=InvalidInput)
     opt = {k: obj.get(k) for k in ("seq", "epoch", "holder", "reservation_id")}
     return {

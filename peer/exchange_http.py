@@ -22,7 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from book import bounds
 from book.exchange import CommandError
+from peer import inputs
 from peer.exchange_service import ExchangeService
 
 MAX_BODY = 64 * 1024
@@ -37,14 +39,13 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _parse_body(raw: bytes) -> dict[str, Any]:
+    """A command's JSON object, through the strict decoder (peer/inputs.py): deep nesting, NaN,
+    overflowing or endless numbers are refused here, each naming where it is."""
     if len(raw) > MAX_BODY:
         raise CommandError("body", f"larger than {MAX_BODY} bytes")
     if not raw:
         return {}
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise CommandError("body", "is not valid JSON") from None
+    data = inputs.loads(raw, error=CommandError)
     if not isinstance(data, dict):
         raise CommandError("body", "must be a JSON object")
     return data
@@ -90,7 +91,7 @@ _QUOTE_FIELDS = ("holder", "epoch", "seq", "quote_id", "bid_price", "bid_quantit
 def _only(body: dict, allowed: tuple[str, ...]) -> dict:
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise CommandError(unknown[0], f"unknown field; allowed: {', '.join(allowed)}")
+        raise CommandError(bounds.field_name(unknown[0]), f"unknown field; allowed: {', '.join(allowed)}")
     return body
 
 
@@ -194,29 +195,20 @@ async def get_price(request: Request) -> Response:
     return JSONResponse({"symbol": symbol, "price": service.price(symbol), "at": service.clock()})
 
 
-def _query_number(request: Request, name: str, default: float, lo: float, hi: float, kind=int):
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise CommandError(name, f"must be a number, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise CommandError(name, f"must be from {lo} to {hi}")
-    return value
-
-
 async def get_fills(request: Request) -> Response:
     """Fills after a sequence number; with `wait`, hold the request until one arrives (a push)."""
     service = _service(request)
+    params = request.query_params
     try:
-        after = _query_number(request, "after", 0, 0, 2**62)
-        limit = _query_number(request, "limit", 1000, 1, 10_000)
-        wait = _query_number(request, "wait", 0.0, 0.0, 60.0, kind=float)
+        inputs.known_query(params, ("after", "limit", "wait", "symbol"), error=CommandError)
+        after = inputs.query_int(params, "after", 0, 0, bounds.MAX_COUNT, error=CommandError)
+        limit = inputs.query_int(params, "limit", 1000, 1, 10_000, error=CommandError)
+        wait = inputs.query_seconds(params, "wait", 0.0, 60.0, error=CommandError)
+        symbol = params.get("symbol")
+        if symbol is not None:
+            symbol = bounds.symbol(symbol, error=CommandError)
     except CommandError as exc:
         return _error(400, str(exc), field=exc.field)
-    symbol = request.query_params.get("symbol")
     fills = service.core.fills_after(after, limit)
     if not fills and wait > 0:
         with trio.move_on_after(wait):

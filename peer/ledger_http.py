@@ -17,7 +17,6 @@ with `reason`; 400 malformed, with `field`; 404 unknown reservation; 503 not run
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import trio
@@ -25,7 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from book.bounds import MAX_COUNT
 from ledger.exposure import (
+    MAX_QUANTITY,
     REJECTED,
     InvalidInput,
     Refusal,
@@ -38,6 +39,7 @@ from ledger.exposure import (
     whole,
 )
 from ledger.store import ApplyFill, RecordFills, Release, Renew, Reserve, validate_fill
+from peer import inputs
 from peer.ledger_service import LedgerService, LedgerUnavailable
 
 # A batch of fills: the exchange's outbox sends 200 at a time; a fill is about 300 bytes, so
@@ -69,15 +71,9 @@ async def _body(request: Request, *, empty_ok: bool = False) -> Any:
         if empty_ok:
             return {}
         raise InvalidInput("body", "required (a JSON object)")
-    try:
-        # A number like 1e400 or NaN is not a quantity; parse_constant refuses the NaN family.
-        return json.loads(raw, parse_constant=_no_constant)
-    except ValueError as exc:
-        raise InvalidInput("body", f"is not valid JSON ({exc})") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
+    # Deep nesting, NaN, 1e400 and numbers of endless digits are refused by the strict decoder
+    # (peer/inputs.py), naming where they are.
+    return inputs.loads(raw, error=InvalidInput)
 
 
 def _service(request: Request) -> LedgerService:
@@ -97,61 +93,48 @@ async def _submit(request: Request, op, ok_status: int = 200) -> Response:
 
 
 def _query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidInput(name, f"must be a whole number, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise InvalidInput(name, f"must be from {lo} to {hi}")
-    return value
+    return inputs.query_int(request.query_params, name, default, lo, hi, error=InvalidInput)
 
 
 def _query_wait(request: Request) -> float:
-    raw = request.query_params.get("wait")
-    if raw is None:
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidInput("wait", f"must be a number of seconds, got {raw!r}") from None
-    if not 0.0 <= value <= MAX_WAIT:  # also refuses nan
-        raise InvalidInput("wait", f"must be from 0 to {MAX_WAIT:g} seconds")
-    return value
+    return inputs.query_seconds(request.query_params, "wait", 0.0, MAX_WAIT, error=InvalidInput)
 
 
 def _known_query(request: Request, allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(request.query_params) - set(allowed))
-    if unknown:
-        raise InvalidInput(unknown[0], f"unknown query parameter; allowed: {', '.join(allowed)}")
+    inputs.known_query(request.query_params, allowed, error=InvalidInput)
 
 
 def _path_symbol(request: Request) -> str:
     return symbol_name(request.path_params["symbol"])
 
 
+def _path_reservation(request: Request) -> str:
+    return text(request.path_params["reservation_id"], "reservation_id")
+
+
 # --- fills and positions --------------------------------------------------------------------------
+
+
+def parse_fills(body: Any) -> RecordFills:
+    """One fill object, or {"fills": [...]}: every fill checked; raises InvalidInput."""
+    if isinstance(body, dict) and "fills" in body:
+        only(body, ("fills",))
+        items = body["fills"]
+        if not isinstance(items, list) or not items:
+            raise InvalidInput("fills", "must be a non-empty list of fills")
+        if len(items) > MAX_FILLS:
+            raise InvalidInput("fills", f"at most {MAX_FILLS} fills in one request")
+        return RecordFills(tuple(validate_fill(f, f"fills[{i}].") for i, f in enumerate(items)))
+    return RecordFills((validate_fill(body),))
 
 
 async def post_fills(request: Request) -> Response:
     """One fill object, or {"fills": [...]}: all checked before any is queued."""
     try:
-        body = await _body(request)
-        if isinstance(body, dict) and "fills" in body:
-            only(body, ("fills",))
-            items = body["fills"]
-            if not isinstance(items, list) or not items:
-                raise InvalidInput("fills", "must be a non-empty list of fills")
-            if len(items) > MAX_FILLS:
-                raise InvalidInput("fills", f"at most {MAX_FILLS} fills in one request")
-            fills = tuple(validate_fill(f, f"fills[{i}].") for i, f in enumerate(items))
-        else:
-            fills = (validate_fill(body),)
+        op = parse_fills(await _body(request))
     except InvalidInput as exc:
         return _invalid(exc)
-    return await _submit(request, RecordFills(fills))
+    return await _submit(request, op)
 
 
 async def _long_poll(service: LedgerService, wait: float, fetch):
@@ -176,7 +159,7 @@ async def get_fills(request: Request) -> Response:
     service = _service(request)
     try:
         _known_query(request, ("after", "limit", "symbol", "wait"))
-        after = _query_int(request, "after", 0, 0, 2**62)
+        after = _query_int(request, "after", 0, 0, MAX_COUNT)
         limit = _query_int(request, "limit", 1000, 1, 10_000)
         wait = _query_wait(request)
         symbol = request.query_params.get("symbol")
@@ -221,7 +204,7 @@ async def get_updates(request: Request) -> Response:
     service = _service(request)
     try:
         _known_query(request, ("after", "limit", "symbols", "wait"))
-        after = _query_int(request, "after", 0, 0, 2**62)
+        after = _query_int(request, "after", 0, 0, MAX_COUNT)
         limit = _query_int(request, "limit", 1000, 1, 10_000)
         wait = _query_wait(request)
         raw = request.query_params.get("symbols")
@@ -247,7 +230,7 @@ async def get_symbol_updates(request: Request) -> Response:
     try:
         symbol = _path_symbol(request)
         _known_query(request, ("after_version", "limit", "wait"))
-        after_version = _query_int(request, "after_version", 0, 0, 2**62)
+        after_version = _query_int(request, "after_version", 0, 0, MAX_COUNT)
         limit = _query_int(request, "limit", 1000, 1, 10_000)
         wait = _query_wait(request)
     except InvalidInput as exc:
@@ -286,24 +269,49 @@ async def post_reservation(request: Request) -> Response:
 
 
 async def get_reservation(request: Request) -> Response:
-    rid = request.path_params["reservation_id"]
+    try:
+        rid = _path_reservation(request)
+    except InvalidInput as exc:
+        return _invalid(exc)
     found = await _service(request).reservation(rid)
     if found is None:
         return _error(404, f"no reservation {rid!r}", reason="unknown-reservation", field="reservation_id")
     return JSONResponse({"reservation": found.to_json()})
 
 
+def _object(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    only(body, allowed)
+    return body
+
+
+def parse_apply_fill(reservation_id: str, body: Any) -> ApplyFill:
+    body = _object(body, ("fill_id", "side", "quantity"))
+    for name in ("fill_id", "side", "quantity"):
+        if name not in body:
+            raise InvalidInput(name, "required")
+    return ApplyFill(reservation_id, text(body["fill_id"], "fill_id"), parse_side(body["side"]),
+                     whole(body["quantity"], "quantity", minimum=1, maximum=MAX_QUANTITY))
+
+
+def parse_renew(reservation_id: str, body: Any) -> Renew:
+    body = _object(body, ("expires_at", "ttl"))
+    if (body.get("expires_at") is None) == (body.get("ttl") is None):
+        raise InvalidInput("expires_at", "give exactly one of expires_at and ttl")
+    return Renew(reservation_id,
+                 expires_at=seconds(body["expires_at"], "expires_at") if body.get("expires_at") is not None else None,
+                 ttl=seconds(body["ttl"], "ttl") if body.get("ttl") is not None else None)
+
+
+def parse_release(reservation_id: str, body: Any) -> Release:
+    body = _object(body, ("reason",))
+    return Release(reservation_id, text(body["reason"], "reason") if body.get("reason") is not None else "released")
+
+
 async def post_apply_fill(request: Request) -> Response:
     try:
-        body = await _body(request)
-        if not isinstance(body, dict):
-            raise InvalidInput("body", "must be a JSON object")
-        only(body, ("fill_id", "side", "quantity"))
-        for name in ("fill_id", "side", "quantity"):
-            if name not in body:
-                raise InvalidInput(name, "required")
-        op = ApplyFill(request.path_params["reservation_id"], text(body["fill_id"], "fill_id"),
-                       parse_side(body["side"]), whole(body["quantity"], "quantity", minimum=1))
+        op = parse_apply_fill(_path_reservation(request), await _body(request))
     except InvalidInput as exc:
         return _invalid(exc)
     return await _submit(request, op)
@@ -311,15 +319,7 @@ async def post_apply_fill(request: Request) -> Response:
 
 async def post_renew(request: Request) -> Response:
     try:
-        body = await _body(request)
-        if not isinstance(body, dict):
-            raise InvalidInput("body", "must be a JSON object")
-        only(body, ("expires_at", "ttl"))
-        if (body.get("expires_at") is None) == (body.get("ttl") is None):
-            raise InvalidInput("expires_at", "give exactly one of expires_at and ttl")
-        op = Renew(request.path_params["reservation_id"],
-                   expires_at=seconds(body["expires_at"], "expires_at") if body.get("expires_at") is not None else None,
-                   ttl=seconds(body["ttl"], "ttl") if body.get("ttl") is not None else None)
+        op = parse_renew(_path_reservation(request), await _body(request))
     except InvalidInput as exc:
         return _invalid(exc)
     return await _submit(request, op)
@@ -327,14 +327,10 @@ async def post_renew(request: Request) -> Response:
 
 async def post_release(request: Request) -> Response:
     try:
-        body = await _body(request, empty_ok=True)
-        if not isinstance(body, dict):
-            raise InvalidInput("body", "must be a JSON object")
-        only(body, ("reason",))
-        reason = text(body["reason"], "reason") if body.get("reason") is not None else "released"
+        op = parse_release(_path_reservation(request), await _body(request, empty_ok=True))
     except InvalidInput as exc:
         return _invalid(exc)
-    return await _submit(request, Release(request.path_params["reservation_id"], reason))
+    return await _submit(request, op)
 
 
 async def get_exposure(request: Request) -> Response:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import trio
 
+from book.bounds import MAX_PRICE, MAX_QUANTITY
 from peer.exchange_http import exchange_routes
 from peer.exchange_service import ExchangeService
 from peer.http import PeerHandle, create_app
@@ -178,3 +181,136 @@ async def test_orders_served_directly_answer_like_the_route_good_and_bad(tmp_pat
         shutdown.set()
         nursery.cancel_scope.cancel()
     assert app.state.peer.http_server.stats["requests"] == 5
+
+
+# --- hostile bodies: endpoints x values; always a 4xx naming the field, never a 500, nothing changes ---
+
+MARK = "\u2603raw\u2603"
+DEEP_40 = "[" * 40 + "]" * 40
+HOSTILE = {  # name -> JSON text put where a field's value goes
+    "list": "[]", "map": "{}", "true": "true", "1e400": "1e400", "digits": "9" * 4000, "nan": "NaN",
+    "-inf": "-Infinity", "float": "1.5", "deep40": DEEP_40, "long-text": '"' + "x" * 5000 + '"',
+    "surrogate": '"\\ud800"',
+}
+ENDPOINTS = {  # (method, path) -> (a valid body, its required fields)
+    ("POST", "/orders"): ({"order_id": "h1", "symbol": "AAPL", "side": "buy", "type": "limit", "quantity": 2,
+                           "limit_price": 10_010}, ("order_id", "symbol", "side", "quantity", "limit_price")),
+    ("PUT", "/quotes/AAPL"): ({"holder": "mm-1", "epoch": 1, "seq": 2, "quote_id": "q2", "bid_price": 9_990,
+                               "bid_quantity": 5, "ask_price": 10_010, "ask_quantity": 5, "reservation_id": "r2"},
+                              ("holder", "epoch", "seq", "quote_id", "bid_price", "bid_quantity", "ask_price",
+                               "ask_quantity")),
+    ("DELETE", "/quotes/AAPL"): ({"holder": "mm-1", "epoch": 1, "seq": 2}, ("holder", "epoch", "seq")),
+    ("POST", "/authority/AAPL/claim"): ({"holder": "mm-2", "epoch": 2}, ("holder", "epoch")),
+    ("POST", "/authority/AAPL/renew"): ({"holder": "mm-1", "epoch": 1}, ("holder", "epoch")),
+    ("POST", "/authority/AAPL/release"): ({"holder": "mm-1", "epoch": 1}, ("holder", "epoch")),
+}
+
+
+def hostile_cases():
+    for (method, path), (body, required) in ENDPOINTS.items():
+        for name in body:
+            for label, raw in HOSTILE.items():
+                if label == "float" and name in ("order_id", "symbol", "side", "type", "holder", "quote_id",
+                                                 "reservation_id"):
+                    continue  # covered by the other types; keeps the table small
+                yield pytest.param(method, path, {**body, name: MARK}, raw, name, id=f"{method} {path} {name}={label}")
+        for name in required:
+            yield pytest.param(method, path, {k: v for k, v in body.items() if k != name}, None, name,
+                               id=f"{method} {path} missing {name}")
+        yield pytest.param(method, path, {**body, "colour": "red"}, None, "colour", id=f"{method} {path} extra")
+        yield pytest.param(method, path, MARK, "[" * 1000 + "]" * 1000, "body", id=f"{method} {path} deep1000")
+        yield pytest.param(method, path, MARK, DEEP_40, "body", id=f"{method} {path} deep40")
+        yield pytest.param(method, path, MARK, '{"a":' * 1000 + "1" + "}" * 1000, "body",
+                           id=f"{method} {path} deep1000-maps")
+
+
+async def exchange_state(api) -> tuple:
+    core = api.service.core
+    return (api.service.counters["accepted"], api.service.counters["rejected"], len(core.orders), len(core.fills),
+            {s: q.quote_id for s, q in core.active_quotes.items()}, [a.to_json(0) for a in core.authority.all()],
+            {s: b.depth(10) for s, b in core.books.items()}, api.service.tape.stats.records)
+
+
+@pytest.mark.parametrize("method, path, body, raw, field", list(hostile_cases()))
+async def test_hostile_bodies_are_400_naming_the_field_and_change_nothing(api, method, path, body, raw, field):
+    await claim_and_quote(api)
+    before = await exchange_state(api)
+    text = json.dumps(body)
+    if raw is not None:
+        text = text.replace(json.dumps(MARK), raw)
+    r = await api.request(method, path, content=text.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"].startswith(field) and r.json()["error"]
+    assert len(r.content) < 2000  # a 4,000-digit or 5,000-character value is not echoed back
+    assert await exchange_state(api) == before
+
+
+@pytest.mark.parametrize("query, field", [
+    ("after=-1", "after"), ("after=1e3", "after"), ("after=" + "9" * 4000, "after"), ("after=9007199254740992", "after"),
+    ("limit=0", "limit"), ("limit=10001", "limit"), ("limit=NaN", "limit"), ("wait=nan", "wait"),
+    ("wait=inf", "wait"), ("wait=-1", "wait"), ("wait=61", "wait"), ("wait=" + "1" * 4000, "wait"),
+    ("symbol=" + "A" * 17, "symbol"), ("colour=red", "colour"),
+])
+async def test_hostile_fill_queries_are_400_naming_the_parameter(api, query, field):
+    r = await api.get(f"/fills?{query}")
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == field
+
+
+async def test_orders_at_the_bounds_over_http(api):
+    """At each bound accepted, one past it refused naming the field; the issue's values refused."""
+    order = {"order_id": "b1", "symbol": "MSFT", "side": "buy", "type": "limit", "quantity": MAX_QUANTITY,
+             "limit_price": MAX_PRICE}
+    r = await api.post("/orders", json=order)
+    assert r.status_code == 201, r.text
+    for field, value in (("limit_price", MAX_PRICE + 1), ("limit_price", 9007199254740992),
+                         ("quantity", MAX_QUANTITY + 1), ("quantity", 2**63), ("quantity", 10**30),
+                         ("order_id", "o" * 129)):
+        r = await api.post("/orders", json={**order, "order_id": "b2", field: value})
+        assert r.status_code == 400 and r.json()["field"] == field, (field, r.text)
+    r = await api.post("/orders", content=b'{"order_id": "b3", "symbol": "MSFT", "side": "buy", "quantity": '
+                       + b"9" * 4000 + b', "limit_price": 1}')
+    assert r.status_code == 400 and r.json()["field"] == "quantity"
+    assert set(api.service.core.orders) == {"b1"}
+
+
+async def test_a_quote_at_the_bounds_over_http(api):
+    await claim_and_quote(api)
+    quote = {"holder": "mm-1", "epoch": 1, "seq": 2, "quote_id": "qb", "bid_price": MAX_PRICE - 1,
+             "bid_quantity": MAX_QUANTITY, "ask_price": MAX_PRICE, "ask_quantity": MAX_QUANTITY}
+    for field, value in (("ask_price", MAX_PRICE + 1), ("bid_quantity", MAX_QUANTITY + 1),
+                         ("ask_quantity", MAX_QUANTITY + 1), ("seq", 2**53)):
+        r = await api.put("/quotes/AAPL", json={**quote, field: value})
+        assert r.status_code == 400 and r.json()["field"] == field, (field, r.text)
+    r = await api.put("/quotes/AAPL", json=quote)
+    assert r.status_code == 200 and r.json()["quote"]["ask_price"] == MAX_PRICE
+
+
+async def test_hostile_orders_through_the_direct_route_of_a_real_server(tmp_path):
+    """POST /orders skips the app on a real server: the same strict decoder and the same 400s."""
+    from peer.exchange_http import exchange_direct_routes
+    from peer.http import serve_http
+
+    service = ExchangeService(tmp_path, symbols=["AAPL"], lease_duration=5.0)
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        app = create_app(PeerHandle(role="exchange", profile="local", node=FakeNode("exchange")), exchange_routes())
+        app.state.exchange = service
+        url = await nursery.start(
+            lambda task_status: serve_http(app, ("127.0.0.1", 0), shutdown, direct=exchange_direct_routes(service),
+                                           task_status=task_status))
+        good = '{"order_id": "d1", "symbol": "AAPL", "side": "buy", "quantity": 1, "limit_price": 1'
+        async with httpx.AsyncClient(base_url=url) as c:
+            for raw, field in ((b"[" * 1000 + b"]" * 1000, "body"),
+                               (b'{"order_id": "d1", "symbol": [], "side": "buy", "quantity": 1}', "symbol"),
+                               (b'{"order_id": "d1", "symbol": {}, "side": "buy", "quantity": 1}', "symbol"),
+                               ((good + ', "type": NaN}').encode(), "type"),
+                               (good.encode().replace(b'"quantity": 1', b'"quantity": ' + b"7" * 4000) + b"}",
+                                "quantity")):
+                r = await c.post("/orders", content=raw)
+                assert r.status_code == 400 and r.json()["field"] == field, r.text
+            assert (await c.get("/health")).status_code == 200
+        shutdown.set()
+        nursery.cancel_scope.cancel()
+    assert service.core.orders == {} and app.state.peer.http_server.stats.get("app_errors", 0) == 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import trio
 
+from book.bounds import MAX_PRICE, MAX_QUANTITY
 from peer.http import PeerHandle, create_app
 from peer.ledger_http import ledger_routes
 from peer.ledger_service import LedgerService
@@ -114,10 +117,11 @@ async def test_malformed_fills_are_400_naming_the_field_and_change_nothing(api, 
     assert await state(api) == before
 
 
-@pytest.mark.parametrize("raw", [b"", b"{not json", b'{"fills": [NaN]}', b"x" * (1024 * 1024 + 1)])
-async def test_unreadable_bodies_are_400(api, raw):
+@pytest.mark.parametrize("raw, field", [(b"", "body"), (b"{not json", "body"), (b'{"fills": [NaN]}', "fills[0]"),
+                                        (b"x" * (1024 * 1024 + 1), "body")])
+async def test_unreadable_bodies_are_400(api, raw, field):
     r = await api.post("/fills", content=raw)
-    assert r.status_code == 400 and r.json()["field"] == "body"
+    assert r.status_code == 400 and r.json()["field"] == field
     assert api.service.published_seq == 0
 
 
@@ -383,3 +387,87 @@ async def test_the_exchanges_outbox_delivers_every_fill_exactly_once_to_the_ledg
                 assert [u["fill_id"] for u in stream] == [f.fill_id for f in fills]
             stop.set()
             nursery.cancel_scope.cancel()
+
+
+# --- hostile bodies: endpoints x values; always a 4xx naming the field, never a 500, nothing changes ---
+
+MARK = "\u2603raw\u2603"
+DEEP_40 = "[" * 40 + "]" * 40
+HOSTILE = {  # name -> JSON text put where a field's value goes
+    "list": "[]", "map": "{}", "true": "true", "1e400": "1e400", "digits": "9" * 4000, "nan": "NaN",
+    "inf": "Infinity", "deep40": DEEP_40, "long-text": '"' + "x" * 5000 + '"', "surrogate": '"\\udc00"',
+}
+LEDGER_ENDPOINTS = {  # name -> (path, a valid body, its required fields, how a field is named)
+    "fill": ("/fills", fill(7), ("fill_id", "order_id", "symbol", "side", "quantity", "price", "quote_id",
+                                 "created_at"), "{}"),
+    "batch": ("/fills", {"fills": [fill(8)]}, (), "fills[0].{}"),
+    "reservation": ("/reservations", reservation("q9"), ("quote_id", "holder", "symbol", "bid_quantity",
+                                                          "ask_quantity"), "{}"),
+    "apply-fill": ("/reservations/{rid}/apply-fill", {"fill_id": "F-x", "side": "buy", "quantity": 1},
+                   ("fill_id", "side", "quantity"), "{}"),
+    "renew": ("/reservations/{rid}/renew", {"ttl": 60}, (), "{}"),
+    "release": ("/reservations/{rid}/release", {"reason": "done"}, (), "{}"),
+}
+
+
+def ledger_hostile_cases():
+    for name, (path, body, required, naming) in LEDGER_ENDPOINTS.items():
+        fields = body["fills"][0] if name == "batch" else body
+        for field in fields:
+            for label, raw in HOSTILE.items():
+                value = {**fields, field: MARK}
+                yield pytest.param(path, {"fills": [value]} if name == "batch" else value, raw, naming.format(field),
+                                   id=f"{name} {field}={label}")
+        for field in required:
+            yield pytest.param(path, {k: v for k, v in body.items() if k != field}, None, field,
+                               id=f"{name} missing {field}")
+        yield pytest.param(path, {**body, "colour": "red"}, None, "colour", id=f"{name} extra")
+        yield pytest.param(path, MARK, "[" * 1000 + "]" * 1000, "body", id=f"{name} deep1000")
+        yield pytest.param(path, MARK, '{"a":' * 1000 + "1" + "}" * 1000, "body", id=f"{name} deep1000-maps")
+        yield pytest.param(path, MARK, DEEP_40, "body", id=f"{name} deep40")
+
+
+@pytest.mark.parametrize("path, body, raw, field", list(ledger_hostile_cases()))
+async def test_hostile_bodies_are_400_naming_the_field_and_change_nothing(api, path, body, raw, field):
+    await api.post("/fills", json=fill(100))
+    r = await api.post("/reservations", json=reservation("q0"))
+    rid = r.json()["reservation"]["reservation_id"]
+    before = await state(api)
+    text = json.dumps(body)
+    if raw is not None:
+        text = text.replace(json.dumps(MARK), raw)
+    r = await api.post(path.format(rid=rid), content=text.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"].startswith(field) and r.json()["error"], r.text
+    assert len(r.content) < 2000  # a 4,000-digit or 5,000-character value is not echoed back
+    assert await state(api) == before
+
+
+@pytest.mark.parametrize("path", ["/fills", "/updates", "/positions/AAPL/updates"])
+@pytest.mark.parametrize("query, field", [
+    ("{after}=-1", "{after}"), ("{after}=" + "9" * 4000, "{after}"), ("{after}=9007199254740992", "{after}"),
+    ("{after}=1.0", "{after}"), ("{after}=%2B1", "{after}"), ("limit=0", "limit"), ("limit=" + "1" * 30, "limit"),
+    ("wait=nan", "wait"), ("wait=inf", "wait"), ("wait=-0.5", "wait"), ("wait=1e1", "wait"), ("colour=1", "colour"),
+])
+async def test_hostile_queries_are_400_naming_the_parameter(api, path, query, field):
+    after = "after_version" if path.startswith("/positions") else "after"
+    r = await api.get(f"{path}?{query.format(after=after)}")
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == field.format(after=after)
+
+
+async def test_fills_and_reservations_at_the_bounds_over_http(api):
+    at = fill(1, price=MAX_PRICE, quantity=MAX_QUANTITY, fill_id="F" * 128)
+    r = await api.post("/fills", json=at)
+    assert r.status_code == 200 and r.json()["results"][0]["status"] == "applied", r.text
+    before = await state(api)
+    for field, value in (("price", MAX_PRICE + 1), ("price", 9007199254740992), ("quantity", MAX_QUANTITY + 1),
+                         ("fill_id", "F" * 129), ("created_at", 10**200)):
+        r = await api.post("/fills", json=fill(2, **{field: value}))
+        assert r.status_code == 400 and r.json()["field"] == field, (field, r.text)
+    for field in ("bid_quantity", "ask_quantity"):
+        r = await api.post("/reservations", json=reservation("qb", **{field: MAX_QUANTITY + 1}))
+        assert r.status_code == 400 and r.json()["field"] == field, r.text
+    assert await state(api) == before
+    r = await api.post("/reservations", json=reservation("qb", bid_quantity=MAX_QUANTITY))
+    assert r.status_code in (201, 409), r.text  # reduced or refused by the limit: well-formed either way

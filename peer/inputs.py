@@ -1,0 +1,153 @@
+"""What a peer reads from an HTTP request before any rule sees it: the JSON body and query numbers.
+
+What it is for: one strict decoder for every JSON request body (the exchange's and the ledger's
+APIs) and one parser for numeric query parameters, so that no input can reach a handler in a
+shape that makes it fail with anything but a 4xx naming the field. `loads` refuses:
+
+- bytes that are not JSON (or not UTF-8): field `body`; a string holding a lone surrogate
+  (`"\\ud800"`), which no store, tape or answer could encode: the path of the string;
+- nesting deeper than MAX_DEPTH (32) containers: the path of the first container too deep, or
+  `body` when the decoder itself gave up (Python's decoder raises RecursionError near 1,000);
+- `NaN`, `Infinity`, `-Infinity`, a number that overflows a float (`1e400`) and a number
+  literal longer than MAX_NUMBER_LENGTH characters (no field takes one: the largest bound is a
+  16-digit number; a 4,000-digit integer would cost a conversion, and at 4,300 digits Python
+  refuses it with a ValueError): the path of the field that holds it, e.g. `fills[0].created_at`.
+
+Types and ranges of each field are the endpoint's business, with the bounds of book/bounds.py.
+Errors are built by `error(field, message)`: the caller's own validation error (`BodyError` if
+none is given). It must never do I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from book.bounds import Error, field_name, short
+
+MAX_DEPTH = 32
+MAX_NUMBER_LENGTH = 40
+
+
+class BodyError(ValueError):
+    """A request input that no endpoint accepts; `field` names where it is."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class _Refused:
+    """A number the decoder met that no field accepts, kept to be reported with its path."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        if len(self.text) > MAX_NUMBER_LENGTH:
+            return f"a number of {len(self.text)} characters"
+        return self.text
+
+
+def _parse_int(text: str) -> int | _Refused:
+    return int(text) if len(text) <= MAX_NUMBER_LENGTH else _Refused(text)
+
+
+def _parse_float(text: str) -> float | _Refused:
+    if len(text) > MAX_NUMBER_LENGTH:
+        return _Refused(text)
+    value = float(text)
+    return value if math.isfinite(value) else _Refused(text)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent or 'body'}[{key}]"
+    key = field_name(key)
+    return f"{parent}.{key}" if parent else key
+
+
+def loads(raw: bytes | str, *, error: Error = BodyError) -> Any:
+    """The JSON value in `raw`, checked as the module docstring says; raises error(field, message)."""
+    try:
+        # UTF-8 only (RFC 8259), strictly: json.loads would let encoded surrogates through.
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_Refused)
+    except RecursionError:
+        raise error("body", f"is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise error("body", f"is not valid JSON ({short(str(exc))})") from None
+    # An explicit walk, not recursion: a body nested 900 deep decodes, and must still be refused.
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and not _encodable(item):
+                raise error(path or "body", "holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is no character")
+            continue
+        if isinstance(item, _Refused):
+            raise error(path or "body", f"{item!r} is not a number this API accepts "
+                        f"(no NaN or Infinity, at most {MAX_NUMBER_LENGTH} characters)")
+        if isinstance(item, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise error(path or "body", f"is nested deeper than {MAX_DEPTH} levels")
+            if isinstance(item, dict):
+                for key in item:
+                    if not key.isascii() and not _encodable(key):
+                        raise error(path or "body", "has a field name with a lone UTF-16 surrogate")
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            # Pushed in reverse, so the first offending field in document order is reported.
+            stack.extend((v, _path(path, k), depth + 1) for k, v in reversed(list(pairs)))
+    return value
+
+
+_WHOLE = re.compile(r"[0-9]{1,19}")
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+
+
+def query_int(params: Mapping[str, str], name: str, default: int, lo: int, hi: int, *,
+              error: Error = BodyError) -> int:
+    """A whole-number query parameter: ASCII digits only (no sign, space or `_`), in [lo, hi]."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not _WHOLE.fullmatch(raw):
+        raise error(name, f"must be a whole number from {lo} to {hi}, got {short(raw)}")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise error(name, f"must be from {lo} to {hi}, got {value}")
+    return value
+
+
+def query_seconds(params: Mapping[str, str], name: str, default: float, hi: float, *,
+                  error: Error = BodyError) -> float:
+    """A number of seconds as a query parameter (`5`, `0.25`), in [0, hi]."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not _SECONDS.fullmatch(raw):
+        raise error(name, f"must be a number of seconds from 0 to {hi:g}, got {short(raw)}")
+    value = float(raw)
+    if value > hi:
+        raise error(name, f"must be from 0 to {hi:g} seconds, got {raw}")
+    return value
+
+
+def known_query(params: Mapping[str, str], allowed: tuple[str, ...], *, error: Error = BodyError) -> None:
+    """Refuse a query parameter the endpoint does not take, by name."""
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise error(field_name(unknown[0]), f"unknown query parameter; allowed: {', '.join(allowed)}")
