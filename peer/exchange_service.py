@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from book import bounds
 from book.exchange import CommandError, ExchangeCore
 from book.market import OrderFlow, ReferencePrices
 from peer.logs import JsonLog
@@ -109,26 +110,47 @@ class ExchangeService:
         result = scan(self.tape_path)
         n = 0
         for rec in TapeReader(self.tape_path).records():
-            kind = rec.get("type")
-            if kind == "genesis":
-                self.genesis = {k: v for k, v in rec.items() if k != "seq"}
-                self._make_core()
-                continue
-            if self.core is None:
-                raise TapeDivergence(f"{self.tape_path}: record {rec.get('seq')} before the genesis record")
-            if kind == "ledger_ack":
-                self.ledger_acked = max(self.ledger_acked, rec["up_to"])
-                continue
-            if kind in ExchangeCore.COMMANDS:
-                answer = self.core.execute(kind, rec["args"], rec["at"])
-                if answer["accepted"] != rec["accepted"] or answer["reason"] != rec["reason"]:
-                    raise TapeDivergence(
-                        f"{self.tape_path}: record {rec['seq']} ({kind}) replays as {answer['reason']!r}, "
-                        f"recorded {rec['reason']!r}; see docs/runbook.md: corrupt tape"
-                    )
-                n += 1
+            try:
+                n += self._replay_record(rec)
+            except TapeDivergence:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a CRC-valid record that means nothing: refuse, say which
+                raise TapeDivergence(
+                    f"{self.tape_path}: record {rec.get('seq')} ({bounds.short(rec.get('type'))}) cannot be "
+                    f"replayed: {type(exc).__name__}: {bounds.short(str(exc))}; see docs/runbook.md: corrupt tape"
+                ) from exc
         self.counters["replayed"] = n
         return {"replayed": n, "torn_bytes": result.torn_bytes, "last_seq": result.last_seq}
+
+    def _replay_record(self, rec: dict[Any, Any]) -> int:
+        """Apply one tape record to the state; 1 if it was a command. Raises on a record that
+        is not what this exchange writes (the caller makes that a TapeDivergence)."""
+        kind = rec.get("type")
+        if kind == "genesis":
+            genesis = {k: v for k, v in rec.items() if k != "seq"}
+            if not isinstance(genesis.get("instance"), str) or not isinstance(genesis.get("symbols"), list):
+                raise ValueError("a genesis record needs an instance and a list of symbols")
+            bounds.seconds(genesis.get("at"), "at")
+            self.genesis = genesis
+            self._make_core()
+            return 0
+        if self.core is None:
+            raise TapeDivergence(f"{self.tape_path}: record {rec.get('seq')} before the genesis record")
+        if kind == "ledger_ack":
+            self.ledger_acked = max(self.ledger_acked, bounds.count(rec.get("up_to"), "up_to"))
+            return 0
+        if kind not in ExchangeCore.COMMANDS:
+            return 0
+        args, at = rec.get("args"), bounds.seconds(rec.get("at"), "at")
+        if not isinstance(args, dict):
+            raise ValueError(f"args is a {type(args).__name__}, not a map")
+        answer = self.core.execute(kind, args, at)
+        if answer["accepted"] != rec.get("accepted") or answer["reason"] != rec.get("reason"):
+            raise TapeDivergence(
+                f"{self.tape_path}: record {rec['seq']} ({kind}) replays as {answer['reason']!r}, "
+                f"recorded {bounds.short(rec.get('reason'))}; see docs/runbook.md: corrupt tape"
+            )
+        return 1
 
     # --- commands -----------------------------------------------------------------------------
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
 from functools import partial
 
+import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from peer.exchange_service import ExchangeService
+from book.exchange import ExchangeCore
+from peer.exchange_service import TAPE_FILE, ExchangeService, TapeDivergence
 from peer.http import serve_http
 from peer.outbox import deliver_fills
-from peer.tape import TapeReader
+from peer.tape import TapeError, TapeReader, open_for_append
 
 
 class Clock:
@@ -213,3 +218,52 @@ async def test_a_ledger_that_refuses_a_batch_outright_raises_an_alarm_until_a_ba
             assert service.alarms() == {} and received == [f.fill_id for f in service.core.fills]
             assert "outbox_alarm_cleared" in [x["event"] for x in lines]
             nursery.cancel_scope.cancel()
+
+
+# --- a tape whose records are CRC-valid but mean nothing: refused by name, never another exception ------
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats() | st.text(max_size=8)
+    | st.binary(max_size=4) | st.sampled_from(["AAPL", "mm-1", "buy", "limit", 1, 5, 100]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+_ARG_NAMES = ["order_id", "symbol", "side", "type", "quantity", "limit_price", "holder", "epoch", "seq", "quote_id",
+              "bid_price", "bid_quantity", "ask_price", "ask_quantity", "reservation_id", "holder_alive"]
+_records = st.fixed_dictionaries(
+    {"type": st.sampled_from([*ExchangeCore.COMMANDS, "genesis", "ledger_ack", "other"])},
+    optional={"args": _values | st.dictionaries(st.sampled_from(_ARG_NAMES), _values, max_size=6),
+              "at": _values, "accepted": _values, "reason": _values, "up_to": _values, "symbols": _values,
+              "instance": _values, "quote_ttl": _values, "lease_duration": _values, "seed": _values},
+)
+_GENESIS = {"type": "genesis", "at": 1_700_000_000.0, "instance": "abcd1234", "symbols": ["AAPL", "MSFT"],
+            "seed": 1, "quote_ttl": 30.0, "lease_duration": 5.0}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(_records, min_size=1, max_size=4), genesis_first=st.booleans())
+def test_replaying_a_tape_of_malformed_records_raises_only_tape_divergence(tmp_path, records, genesis_first):
+    directory = tmp_path / "hyp"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir()
+    with open_for_append(directory / TAPE_FILE) as w:
+        w.append_many(([_GENESIS] if genesis_first else []) + records)
+    service = ExchangeService(directory, symbols=["AAPL", "MSFT"])
+    try:
+        service._replay()
+    except (TapeDivergence, TapeError) as exc:
+        assert len(str(exc)) < 2000
+        return
+    if service.core is not None:
+        service.core.check_invariants(1_700_000_000.0)
+
+
+def test_a_command_record_the_core_now_refuses_stops_the_replay_by_name(tmp_path):
+    """A tape written with wider bounds (an order at 2**53 ticks) cannot be replayed: refused."""
+    order = {"order_id": "o1", "symbol": "AAPL", "side": "buy", "type": "limit", "quantity": 1,
+             "limit_price": 2**53}
+    with open_for_append(tmp_path / TAPE_FILE) as w:
+        w.append_many([_GENESIS, {"type": "submit_order", "at": 1_700_000_001.0, "args": order, "accepted": True,
+                                  "reason": "resting"}])
+    with pytest.raises(TapeDivergence, match=r"record 2 \('submit_order'\) cannot be replayed: CommandError"):
+        ExchangeService(tmp_path)._replay()

@@ -8,6 +8,7 @@ import shutil
 import zlib
 from decimal import Decimal
 
+import cbor2
 import pytest
 import trio
 import trio.testing
@@ -502,3 +503,110 @@ async def test_the_writer_refuses_to_start_on_a_corrupt_tape(tmp_path):
         with pytest.RaisesGroup(pytest.RaisesExc(CorruptTape, match="docs/runbook.md")):
             async with trio.open_nursery() as nursery:
                 await nursery.start(TapeWriter(path).run)
+
+
+# --- hostile input: anything malformed is a TapeError, never another exception ------------------------
+
+cbor_keys = st.none() | st.booleans() | st.integers() | st.text(max_size=6) | st.binary(max_size=6) | st.floats()
+cbor_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()  # NaN and the infinities too
+    | st.text(max_size=12)
+    | st.binary(max_size=12)
+    | st.just(cbor2.undefined)
+    | st.builds(cbor2.CBORSimpleValue, st.integers(0, 19) | st.integers(32, 255))
+    | st.sampled_from(["seq", "type", "genesis", "submit_order"])
+)
+cbor_values = st.recursive(
+    cbor_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(cbor_keys, inner, max_size=4)
+        | st.dictionaries(st.sampled_from(["seq", "type", "args", "at", "symbol"]), inner, max_size=5)
+        | st.builds(cbor2.CBORTag, st.integers(0, 2**64 - 1) | st.sampled_from([0, 1, 2, 3, 4, 5, 25, 28, 29,
+                                                                                  256, 258, 55799]), inner)
+    ),
+    max_leaves=16,
+)
+# Hand-made bytes no encoder writes: deep nesting, lengths far past the end, bad UTF-8, breaks.
+odd_payloads = st.sampled_from([
+    b"\x81" * 5000 + b"\x00", b"\xd8\x1c" * 2000 + b"\x00", b"\x5b" + b"\x7f" + b"\xff" * 7,
+    b"\x9b" + b"\xff" * 8, b"\xbb" + b"\xff" * 8, b"\x62\xed\xa0", b"\x7f\x61a\x41b\xff", b"\xff", b"\x1c",
+    b"\xa2\x63seq\x01\x64type\x62\xc3\x28", b"\xa2\x63seq\xc2\x41\x01\x64type\x61x", b"\xbf\x63seq\x01",
+])
+
+
+def _check_decoded(payload: bytes) -> None:
+    try:
+        record = tape.decode_payload(payload)
+    except InvalidRecord as exc:
+        assert len(str(exc)) < 2000
+        return
+    assert isinstance(record, dict) and type(record["seq"]) is int and record["seq"] >= 1
+    assert isinstance(record["type"], str)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=cbor_values)
+def test_any_cbor_value_as_a_payload_is_a_record_or_an_invalid_record(value):
+    try:
+        payload = cbor2.dumps(value)
+    except Exception:  # noqa: BLE001 - a value the encoder itself refuses is no payload to test
+        return
+    _check_decoded(payload)
+    for cut in {1, len(payload) // 2, len(payload) - 1}:  # truncated inside the CBOR item
+        if 0 < cut < len(payload):
+            _check_decoded(payload[:cut])
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=64) | odd_payloads)
+def test_any_bytes_as_a_payload_are_a_record_or_an_invalid_record(payload):
+    _check_decoded(payload)
+
+
+def _frame(payload: bytes) -> bytes:
+    return tape.FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    values=st.lists(cbor_values, max_size=3),
+    cut=st.integers(min_value=0, max_value=400),
+    flips=st.lists(st.tuples(st.integers(min_value=0, max_value=400), st.integers(1, 255)), max_size=3),
+    junk=st.binary(max_size=40) | odd_payloads,
+)
+def test_a_tape_with_any_frames_damage_or_truncation_raises_only_tape_errors(tmp_path, values, cut, flips, junk):
+    """Valid records, then CRC-valid frames of arbitrary CBOR, raw junk, a cut and flipped bytes."""
+    directory = tmp_path / "hyp"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir()
+    path = directory / "tape"
+    write_tape(path, 3)
+    with open(path, "ab") as f:
+        for value in values:
+            try:
+                f.write(_frame(cbor2.dumps(value)))
+            except Exception:  # noqa: BLE001 - not encodable: nothing written
+                pass
+        f.write(junk)
+    data = bytearray(path.read_bytes())
+    for offset, mask in flips:
+        if HEADER_SIZE <= offset < len(data):
+            data[offset] ^= mask
+    path.write_bytes(bytes(data[: max(HEADER_SIZE, len(data) - cut)]))
+    result = scan(path)
+    assert result.records <= 3 + len(values)
+    try:
+        records = read_all(path)
+    except CorruptTape:
+        records = None
+    if records is not None:
+        assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    try:
+        with open_for_append(path) as w:
+            assert w.last_seq == (len(records) if records is not None else w.last_seq)
+    except CorruptTape:
+        assert records is None or not result.ok
