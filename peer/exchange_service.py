@@ -336,6 +336,8 @@ class ExchangeService:
 
 def parse_symbols(text: str) -> list[str]:
     symbols = [s.strip().upper() for s in text.split(",") if s.strip()]
-    if not symbols or len(set(symbols)) != len(symbols) or any(not s.isalnum() or len(s) > 16 for s in symbols):
-        raise ValueError(f"symbols must be distinct alphanumeric names, comma-separated, got {text!r}")
+    if not symbols or len(set(symbols)) != len(symbols) or any(
+            not s.isascii() or not s.isalnum() or len(s) > bounds.MAX_SYMBOL_LENGTH for s in symbols):
+        raise ValueError(f"symbols must be distinct names of 1 to {bounds.MAX_SYMBOL_LENGTH} ASCII letters or digits, "
+                         f"comma-separated, got {text!r}")
     return symbols
