@@ -54,17 +54,6 @@ class _Refused:
         return self.text
 
 
-def _parse_int(text: str) -> int | _Refused:
-    return int(text) if len(text) <= MAX_NUMBER_LENGTH else _Refused(text)
-
-
-def _parse_float(text: str) -> float | _Refused:
-    if len(text) > MAX_NUMBER_LENGTH:
-        return _Refused(text)
-    value = float(text)
-    return value if math.isfinite(value) else _Refused(text)
-
-
 def _encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -80,17 +69,64 @@ def _path(parent: str, key: str | int) -> str:
     return f"{parent}.{key}" if parent else key
 
 
+# An escaped surrogate (`\ud800`): a valid pair is two of them, a lone one is no character.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def loads(raw: bytes | str, *, error: Error = BodyError) -> Any:
     """The JSON value in `raw`, checked as the module docstring says; raises error(field, message)."""
+    refused: list[_Refused] = []
+
+    def parse_int(literal: str) -> int | _Refused:
+        if len(literal) <= MAX_NUMBER_LENGTH:
+            return int(literal)
+        refused.append(_Refused(literal))
+        return refused[-1]
+
+    def parse_float(literal: str) -> float | _Refused:
+        if len(literal) <= MAX_NUMBER_LENGTH:
+            value = float(literal)
+            if math.isfinite(value):
+                return value
+        refused.append(_Refused(literal))
+        return refused[-1]
+
+    def parse_constant(literal: str) -> _Refused:
+        refused.append(_Refused(literal))
+        return refused[-1]
+
     try:
         # UTF-8 only (RFC 8259), strictly: json.loads would let encoded surrogates through.
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_Refused)
+        value = json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
     except RecursionError:
         raise error("body", f"is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise error("body", f"is not valid JSON ({short(str(exc))})") from None
-    # An explicit walk, not recursion: a body nested 900 deep decodes, and must still be refused.
+    # The common case costs little: a refused number or an escaped surrogate was seen, or more
+    # containers than the depth bound could be nested; only then is the value walked to name
+    # the place (the walk is explicit, not recursive: a body 900 deep decodes, and is refused).
+    if refused or _ESCAPED_SURROGATE.search(text) or (
+            text.count("[") + text.count("{") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH)):
+        _name_the_problem(value, error)
+    return value
+
+
+def _deeper_than(value: Any, bound: int) -> bool:
+    """Is a container nested `bound` levels or more inside the top one (containers only)?"""
+    stack = [(value, 0)] if isinstance(value, (dict, list)) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth >= bound:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _name_the_problem(value: Any, error: Error) -> None:
+    """Raise error(path, ...) for the first problem in document order, if there is one."""
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         item, path, depth = stack.pop()
@@ -111,7 +147,6 @@ def loads(raw: bytes | str, *, error: Error = BodyError) -> Any:
             pairs = item.items() if isinstance(item, dict) else enumerate(item)
             # Pushed in reverse, so the first offending field in document order is reported.
             stack.extend((v, _path(path, k), depth + 1) for k, v in reversed(list(pairs)))
-    return value
 
 
 _WHOLE = re.compile(r"[0-9]{1,19}")
