@@ -125,7 +125,8 @@ class Summary:
         symbol = record.get("symbol")
         self.by_symbol["-" if symbol is None else str(symbol)] += 1
         at = record.get("at")
-        if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at):
+        # Compared, not converted: float() of a 400-digit `at` overflows, and NaN fails both.
+        if isinstance(at, (int, float)) and not isinstance(at, bool) and -1e18 < at < 1e18:
             self.first_at = at if self.first_at is None else min(self.first_at, at)
             self.last_at = at if self.last_at is None else max(self.last_at, at)
 

@@ -212,3 +212,21 @@ def test_help_has_examples(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "murmur tape" in out and "examples:" in out and "--summary" in out
+
+
+def test_records_of_any_shape_are_printed_and_summarised_not_a_crash(tmp_path, capsys):
+    """CRC-valid records the exchange never writes: a huge `at`, NaN, tags, odd keys, bytes."""
+    import cbor2
+
+    path = tmp_path / "odd.tape"
+    with open_for_append(path) as w:
+        w.append_many([
+            {"type": "x", "at": 10**400, "symbol": ["A"]},
+            {"type": "y", "at": float("nan"), "v": cbor2.CBORTag(999, [b"\x00", None])},
+            {"type": "z", "at": -(10**30), 1: {2: 3}, "u": cbor2.undefined},
+            {"type": "w", "at": 5.0},
+        ])
+    for argv in ((path,), (path, "--json"), (path, "--summary"), (path, "--summary", "--json"), (path, "--symbol", "A*")):
+        code, out, err = tape(capsys, *argv)
+        assert code == 0, err
+        assert out or "--symbol" in argv
