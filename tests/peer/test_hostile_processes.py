@@ -80,3 +80,61 @@ def partial_serve(app):
     from functools import partial
 
     return partial(serve_http, app, ("127.0.0.1", 0), trio.Event())
+
+
+def _deep(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+async def test_hostile_requests_to_a_running_cluster_are_400s_and_nothing_is_stuck_or_lost(tmp_path):
+    """The requests that once answered 500 or were accepted and then stopped the fill pipeline,
+    sent to real processes under order flow: each is a 400 naming the field, every peer goes on,
+    and afterwards `murmur check` holds, the delivery check included."""
+    import subprocess
+
+    from .cluster_helpers import CLI
+
+    async with launched(tmp_path / "c", peers=2, extra_args=["--flow-rate", "40"]) as cluster, \
+            httpx.AsyncClient(timeout=5) as client:
+        ex, lg = cluster.peer("exchange")["http"], cluster.peer("ledger")["http"]
+        order = {"order_id": "h-1", "symbol": "AAPL", "side": "buy", "type": "limit", "quantity": 1,
+                 "limit_price": 100}
+        hostile = [
+            ("POST", f"{ex}/orders", _deep(1000), None),
+            ("PUT", f"{ex}/quotes/AAPL", _deep(1000), None),
+            ("POST", f"{lg}/fills", _deep(1000), None),
+            ("POST", f"{lg}/reservations", _deep(1000), None),
+            ("POST", f"{ex}/orders", json_text({**order, "symbol": []}), "symbol"),
+            ("POST", f"{ex}/orders", json_text({**order, "symbol": {}}), "symbol"),
+            ("POST", f"{ex}/orders", json_text({**order, "limit_price": 9007199254740992}), "limit_price"),
+            ("POST", f"{ex}/orders", json_text({**order, "quantity": 2**63}), "quantity"),
+            ("POST", f"{ex}/orders", json_text({**order, "quantity": 10**30}), "quantity"),
+            ("POST", f"{ex}/orders", json_text(order).replace('"quantity": 1', '"quantity": ' + "9" * 4000), "quantity"),
+            ("POST", f"{lg}/reservations", '{"quote_id": "x", "holder": "h", "symbol": "AAPL", "bid_quantity": 1, '
+                                           '"ask_quantity": 1, "ttl": ' + "9" * 4000 + "}", "ttl"),
+            ("POST", f"{lg}/fills", '{"fill_id": "f", "order_id": "o", "symbol": "AAPL", "side": "buy", '
+                                    '"quantity": 1, "price": 10, "quote_id": "q", "created_at": ' + "9" * 4000 + "}",
+             "created_at"),
+        ]
+        for method, url, body, field in hostile:
+            r = await client.request(method, url, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 400, (method, url, body[:60], r.status_code, r.text[:200])
+            if field is not None:
+                assert r.json()["field"].split(".")[-1].split("[")[0] == field, r.text[:200]
+        for p in cluster.peers:
+            assert pid_alive(p["pid"]), f"{p['name']} ended"
+
+        async def delivered():
+            status = (await client.get(f"{ex}/exchange")).json()
+            return status["fills"] > 0 and status["outbox"]["pending"] == 0 and not status["outbox"]["alarm"], status
+
+        await eventually(delivered, 30, "every fill delivered to the ledger, no outbox alarm")
+        check = subprocess.run([*CLI, "check", str(cluster.data_dir)], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "every fill reached the ledger within 10 s" in check.stdout
+
+
+def json_text(obj) -> str:
+    import json
+
+    return json.dumps(obj)
