@@ -6,7 +6,10 @@ network). It feeds inbound packets and timer expiries to the core with `trio.cur
 membership event to its subscribers. Started with `nursery.start(node.run)`, which reports the
 gossip address; cancellation stops it.
 
-It must never make a protocol decision: if a rule is needed, it belongs in `core.py`.
+It must never make a protocol decision: if a rule is needed, it belongs in `core.py`. And no
+input from one peer may end it: the core drops malformed input itself, and should the core still
+raise on one packet or one push-pull (a bug), that one input is dropped, counted in
+`dropped_error` and reported to `on_error`, and the node goes on.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class GossipNode:
         seed: int | None = None,
         on_event: Callable[[MemberEvent], None] | None = None,
         on_incarnation: Callable[[int], None] | None = None,
+        on_error: Callable[[str, Address, BaseException], None] | None = None,
     ):
         self.transport = transport
         self.config = config
@@ -45,6 +49,7 @@ class GossipNode:
         self._rng = random.Random(seed)
         self._on_event = on_event
         self._on_incarnation = on_incarnation
+        self._on_error = on_error
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self.core: Swim | None = None
         self._wakeup = trio.Event()
@@ -54,6 +59,7 @@ class GossipNode:
         # One sender task drains this, so the core's outputs never wait on the network.
         self._outbox_send, self._outbox_recv = trio.open_memory_channel[tuple[bytes, Address]](10_000)
         self.dropped_outbound = 0
+        self.dropped_error = 0
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -83,7 +89,12 @@ class GossipNode:
     def stats(self) -> dict[str, int]:
         if self.core is None:
             return {}
-        return {**self.core.stats(), "dropped_outbound": self.dropped_outbound, "local_health": self.core.awareness.score}
+        return {
+            **self.core.stats(),
+            "dropped_outbound": self.dropped_outbound,
+            "dropped_error": self.dropped_error,
+            "local_health": self.core.awareness.score,
+        }
 
     # --- calls --------------------------------------------------------------------------------
 
@@ -149,8 +160,20 @@ class GossipNode:
         core = self._need_core()
         while True:
             data, sender = await self.transport.recv_packet()
-            core.receive_packet(data, sender, trio.current_time())
+            try:
+                core.receive_packet(data, sender, trio.current_time())
+            except Exception as exc:
+                self._input_failed("packet", sender, exc)
             self._flush()
+
+    def _input_failed(self, what: str, sender: Address, exc: Exception) -> None:
+        """The core raised on one peer's input: drop that input, count it, report it, go on."""
+        self.dropped_error += 1
+        if self._on_error is not None:
+            try:
+                self._on_error(what, sender, exc)
+            except Exception:
+                pass  # a failing reporter must not end the node either
 
     async def _timer_loop(self) -> None:
         core = self._need_core()
@@ -210,17 +233,24 @@ class GossipNode:
         try:
             with trio.fail_after(self.config.stream_timeout):
                 answer = await self.transport.exchange(exchange.addr, exchange.data)
-        except (TransportError, trio.TooSlowError):
+        except (TransportError, trio.TooSlowError, ValueError):  # ValueError: our state is over MAX_STREAM
             core.exchange_failed(exchange, trio.current_time())
             self._flush()
             return
-        core.receive_state(answer, exchange.addr, trio.current_time(), respond=False,
-                           joining=exchange.reason == "join")
+        try:
+            core.receive_state(answer, exchange.addr, trio.current_time(), respond=False,
+                               joining=exchange.reason == "join")
+        except Exception as exc:
+            self._input_failed("push-pull answer", exchange.addr, exc)
         self._flush()
 
     async def _answer_exchange(self, data: bytes, sender: Address) -> bytes:
         core = self._need_core()
-        answer = core.receive_state(data, sender, trio.current_time(), respond=True)
+        try:
+            answer = core.receive_state(data, sender, trio.current_time(), respond=True)
+        except Exception as exc:
+            self._input_failed("push-pull request", sender, exc)
+            answer = None
         self._flush()
         if answer is None:
             raise TransportError("malformed push-pull state")

@@ -130,6 +130,19 @@ def encode_packet(encoded_messages: list[bytes]) -> bytes:
 
 
 # --- decoding -------------------------------------------------------------------------------
+#
+# Every check looks at the exact type before it hashes, compares or prints a value: a decoded
+# item may be a list or a map (unhashable), a tag object, a float NaN, a cbor2 `undefined`, or an
+# integer of thousands of digits (which str() and repr() refuse to print).
+
+
+def _show(v: Any) -> str:
+    """A short description of a hostile value for an error message; never raises."""
+    if type(v) is int:
+        return str(v) if v.bit_length() <= 64 else f"an integer of {v.bit_length()} bits"
+    if type(v) in (str, bytes):
+        return repr(v[:40])
+    return type(v).__name__
 
 
 def _int(v: Any, what: str) -> int:
@@ -164,6 +177,8 @@ def _meta(v: Any) -> dict[str, Any]:
             raise WireError("meta entries must be short strings mapped to str, int, bool or null")
         if type(x) is str and len(x) > 255:
             raise WireError("meta values must be at most 255 characters")
+        if type(x) is int and not -(2**63) <= x < 2**63:
+            raise WireError("meta integers must fit in 64 bits")
     return v
 
 
@@ -196,9 +211,11 @@ def decode_message(item: Any) -> Message:
             case 6:
                 name, inc, source = args
                 return Dead(_str(name, "name"), _int(inc, "incarnation"), _str(source, "source"))
-    except ValueError as exc:  # wrong number of fields, or a field check above
+    except WireError as exc:
         raise WireError(f"bad message of type {code}: {exc}") from None
-    raise WireError(f"unknown message type {code}")
+    except ValueError:  # unpacking: the wrong number of fields
+        raise WireError(f"message of type {code} has {len(args)} fields") from None
+    raise WireError(f"unknown message type {_show(code)}")
 
 
 def _loads(data: bytes) -> Any:
@@ -212,8 +229,8 @@ def decode_packet(data: bytes) -> list[Message]:
     obj = _loads(data)
     if type(obj) is not list or len(obj) != 2 or type(obj[1]) is not list:
         raise WireError("packet must be [version, [messages]]")
-    if obj[0] != PROTOCOL_VERSION:
-        raise VersionError(f"unsupported protocol version {obj[0]!r}")
+    if type(obj[0]) is not int or obj[0] != PROTOCOL_VERSION:
+        raise VersionError(f"unsupported protocol version {_show(obj[0])}")
     return [decode_message(item) for item in obj[1]]
 
 
@@ -244,16 +261,17 @@ def encode_state(entries: list[StateEntry]) -> bytes:
 
 def decode_state(data: bytes) -> list[StateEntry]:
     obj = _loads(data)
-    if type(obj) is not list or len(obj) != 3 or obj[1] != "pp" or type(obj[2]) is not list:
+    if type(obj) is not list or len(obj) != 3 or type(obj[1]) is not str or obj[1] != "pp" or type(obj[2]) is not list:
         raise WireError("push-pull state must be [version, 'pp', [entries]]")
-    if obj[0] != PROTOCOL_VERSION:
-        raise VersionError(f"unsupported protocol version {obj[0]!r}")
+    if type(obj[0]) is not int or obj[0] != PROTOCOL_VERSION:
+        raise VersionError(f"unsupported protocol version {_show(obj[0])}")
     out = []
     for item in obj[2]:
         if type(item) is not list or len(item) != 6:
             raise WireError("state entry must have 6 fields")
         name, inc, host, port, code, meta = item
-        if code not in _STATES or type(code) is not int:
-            raise WireError(f"unknown member state code {code!r}")
+        # The type first: an array or a map here is unhashable, and `in` would raise TypeError.
+        if type(code) is not int or code not in _STATES:
+            raise WireError(f"unknown member state code {_show(code)}")
         out.append(StateEntry(_str(name, "name"), _int(inc, "incarnation"), _addr(host, port), _STATES[code], _meta(meta)))
     return out

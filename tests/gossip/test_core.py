@@ -5,12 +5,15 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gossip import wire
-from gossip.config import LAN, LOCAL
+from gossip.config import LAN, LOCAL, PROTOCOL_VERSION
 from gossip.core import Swim
 from gossip.types import MemberState
 
+from . import cborgen
 from .corenet import CoreNet
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
@@ -320,3 +323,38 @@ def test_push_pull_does_not_count_a_suspicion_we_already_hold_as_a_confirmation(
     before = a._nodes["n5"].suspicion.confirmations
     a.receive_state(b._encode_state(), b.addr, net.now, respond=False)
     assert a._nodes["n5"].suspicion.confirmations == before
+
+
+_FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_FUZZ
+@given(cborgen.packets(PROTOCOL_VERSION))
+def test_any_cbor_packet_is_dropped_or_applied_never_raised(data):
+    a = Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0)
+    a.receive_packet(data, ("h", 9), 0.0)
+    a.handle_timer(a.next_deadline())
+    assert a.stats()["packets_in"] == 1
+
+
+@_FUZZ
+@given(cborgen.states(PROTOCOL_VERSION), st.booleans())
+def test_any_cbor_push_pull_state_is_dropped_or_merged_never_raised(data, respond):
+    a = Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0)
+    answer = a.receive_state(data, ("h", 9), 0.0, respond=respond)
+    s = a.stats()
+    if answer is None and respond:
+        assert s.get("dropped_malformed", 0) + s.get("dropped_version", 0) == 1
+    a.handle_timer(a.next_deadline())
+
+
+def test_the_push_pull_answer_that_stopped_a_cluster_is_dropped_and_counted():
+    import cbor2
+
+    a = Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0)
+    before = a.members()
+    bad = cbor2.dumps([PROTOCOL_VERSION, "pp", [["zz-x", 1, "127.0.0.1", 1, [0], {}]]])
+    assert a.receive_state(bad, ("127.0.0.1", 1), 0.0, respond=False) is None
+    assert a.receive_state(bad, ("127.0.0.1", 1), 0.0, respond=True) is None
+    assert a.stats()["dropped_malformed"] == 2
+    assert a.members() == before

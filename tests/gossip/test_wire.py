@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import cbor2
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gossip import wire
+from gossip.config import PROTOCOL_VERSION
 from gossip.types import MemberState
+
+from . import cborgen
 
 names = st.text(min_size=1, max_size=wire.MAX_NAME)
 incs = st.integers(min_value=0, max_value=2**63 - 1)
@@ -99,3 +102,64 @@ def test_unknown_version_is_a_version_error():
 def test_malformed_messages_are_rejected(item):
     with pytest.raises(wire.WireError):
         wire.decode_packet(cbor2.dumps([1, [item]]))
+
+
+# Every shape of CBOR a hostile peer can send (maps keyed by arrays, tags, bignums of thousands of
+# digits, NaN, undefined, indefinite lengths...), alone and inside packets and states of the
+# right outline: only WireError (VersionError is one) may come out, never TypeError & co.
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(cborgen.packets(PROTOCOL_VERSION))
+def test_decode_packet_raises_only_wire_error_on_any_cbor(data):
+    try:
+        wire.decode_packet(data)
+    except wire.WireError:
+        pass
+
+
+@FUZZ
+@given(cborgen.states(PROTOCOL_VERSION))
+def test_decode_state_raises_only_wire_error_on_any_cbor(data):
+    try:
+        wire.decode_state(data)
+    except wire.WireError:
+        pass
+
+
+@FUZZ
+@given(cborgen.items)
+def test_decode_message_raises_only_wire_error_on_any_item(item):
+    try:
+        obj = cbor2.loads(cborgen.encode(item))
+    except Exception:
+        return  # not something cbor2 decodes: decode_message never sees it
+    try:
+        wire.decode_message(obj)
+    except wire.WireError:
+        pass
+
+
+@pytest.mark.parametrize("code", [[0], {"a": 1}, [], 10**5000, None, 1.0, cbor2.undefined, cbor2.CBORTag(99, 1)],
+                         ids=["list", "map", "empty", "huge", "null", "float", "undefined", "tag"])
+def test_a_state_code_of_any_type_is_a_wire_error(code):
+    # Found against a live cluster: a list here raised TypeError (unhashable) and ended the peer.
+    data = cbor2.dumps([PROTOCOL_VERSION, "pp", [["zz-x", 1, "127.0.0.1", 1, code, {}]]])
+    with pytest.raises(wire.WireError):
+        wire.decode_state(data)
+
+
+def test_the_payload_that_stopped_a_cluster_is_a_wire_error():
+    with pytest.raises(wire.WireError, match="state code"):
+        wire.decode_state(cbor2.dumps([1, "pp", [["zz-x", 1, "127.0.0.1", 1, [0], {}]]]))
+
+
+def test_numbers_too_long_to_print_are_wire_errors():
+    huge = 10**5000
+    for data in (cbor2.dumps([huge, []]), cbor2.dumps([huge, "pp", []]), cbor2.dumps([1, [[huge]]]),
+                 cbor2.dumps([1, [[4, "n", 1, "h", 1, {"k": huge}]]])):
+        with pytest.raises(wire.WireError):
+            wire.decode_packet(data)
+        with pytest.raises(wire.WireError):
+            wire.decode_state(data)

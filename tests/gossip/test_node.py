@@ -1,0 +1,125 @@
+"""The trio shell: no input from one peer ends a node, on the simulated network and on real UDP/TCP."""
+
+from __future__ import annotations
+
+import cbor2
+import trio
+
+from gossip import wire
+from gossip.config import LOCAL, PROTOCOL_VERSION
+from gossip.node import GossipNode
+from gossip.simnet import SimNetwork
+from gossip.udp import UdpTransport
+
+# The answer a fake member gave to push-pull, which once stopped all 5 processes of a cluster.
+HOSTILE_STATE = cbor2.dumps([PROTOCOL_VERSION, "pp", [["zz-x", 1, "127.0.0.1", 1, [0], {}]]])
+BOUND = 10  # seconds of real time for the real-socket tests
+
+
+async def hostile_answer(request: bytes, peer) -> bytes:
+    return HOSTILE_STATE
+
+
+def names(node: GossipNode) -> set[str]:
+    return {m.name for m in node.members()}
+
+
+async def test_a_hostile_push_pull_answer_is_dropped_and_counted_and_the_node_goes_on(autojump_clock, nursery):
+    net = SimNetwork(seed=1)
+    await nursery.start(net.run)
+    fake = net.transport(("10.0.0.9", 7946))
+    fake.set_stream_handler(hostile_answer)
+    a = GossipNode(net.transport(("10.0.0.1", 7946)), LOCAL, "a", seed=1)
+    await nursery.start(a.run)
+    b = GossipNode(net.transport(("10.0.0.2", 7946)), LOCAL, "b", seeds=[fake.local_addr, a.addr], seed=2)
+    await nursery.start(b.run)
+    # The fake also advertises itself by UDP, so anti-entropy and reconnects pick it too.
+    alive = wire.encode_message(wire.Alive("fake", 1, fake.local_addr, {}))
+    await fake.send_packet(wire.encode_packet([alive]), a.addr)
+    await trio.sleep(30)
+    assert names(a) == names(b) == {"a", "b", "fake"}
+    assert "zz-x" not in names(a) | names(b)
+    assert b.stats()["dropped_malformed"] >= 1  # the join answer
+    assert a.stats()["dropped_malformed"] >= 1  # an anti-entropy or reconnect answer
+    assert a.stats()["dropped_error"] == b.stats()["dropped_error"] == 0
+
+
+async def test_an_exception_from_the_core_drops_that_input_counts_it_and_the_node_goes_on(autojump_clock, nursery):
+    net = SimNetwork(seed=2)
+    await nursery.start(net.run)
+    errors = []
+    a = GossipNode(net.transport(("10.0.0.1", 7946)), LOCAL, "a", seed=1,
+                   on_error=lambda what, sender, exc: errors.append((what, sender, type(exc).__name__)))
+    await nursery.start(a.run)
+    b = GossipNode(net.transport(("10.0.0.2", 7946)), LOCAL, "b", seeds=[a.addr], seed=2)
+    await nursery.start(b.run)
+    await trio.sleep(2)
+    assert names(a) == names(b) == {"a", "b"}
+
+    # A core bug that raises on some inputs: each of a's input paths fails once.
+    core = a.core
+    real_packet, real_state = core.receive_packet, core.receive_state
+    failing = {"packet": 1, "state": 2}
+
+    def bad_packet(*args, **kwargs):
+        if failing["packet"]:
+            failing["packet"] -= 1
+            raise TypeError("unhashable type: 'list'")
+        return real_packet(*args, **kwargs)
+
+    def bad_state(*args, **kwargs):
+        if failing["state"]:
+            failing["state"] -= 1
+            raise TypeError("unhashable type: 'list'")
+        return real_state(*args, **kwargs)
+
+    core.receive_packet, core.receive_state = bad_packet, bad_state
+    a.core.join([b.addr], trio.current_time())  # a asks b: the answer fails in a's core
+    a._flush()
+    b.core.join([a.addr], trio.current_time())  # b asks a: the request fails in a's core
+    b._flush()
+    await trio.sleep(10)
+    assert {w for w, _, _ in errors} == {"packet", "push-pull answer", "push-pull request"}
+    assert a.stats()["dropped_error"] == 3
+    assert not any(failing.values())
+    # Still running: b's leave reaches a and is applied.
+    await b.leave()
+    await trio.sleep(1)
+    assert a.core.member("b").state.value == "left"
+
+
+async def _udp_node(nursery, name: str, seeds=(), **kwargs) -> GossipNode:
+    transport = UdpTransport(("127.0.0.1", 0), stream_timeout=LOCAL.stream_timeout)
+    await nursery.start(transport.run)
+    node = GossipNode(transport, LOCAL, name, seeds=list(seeds), seed=hash(name) & 0xFFFF, **kwargs)
+    await nursery.start(node.run)
+    return node
+
+
+async def _wait(condition) -> None:
+    while not condition():
+        await trio.sleep(0.02)
+
+
+async def test_over_real_udp_and_tcp_the_hostile_answer_and_packet_leave_the_node_running(nursery):
+    with trio.fail_after(BOUND):
+        fake = UdpTransport(("127.0.0.1", 0))
+        await nursery.start(fake.run)
+        fake.set_stream_handler(hostile_answer)
+        a = await _udp_node(nursery, "a")
+        b = await _udp_node(nursery, "b", seeds=[fake.local_addr, a.addr])
+        await _wait(lambda: names(a) == names(b) == {"a", "b"})
+        await _wait(lambda: b.stats().get("dropped_malformed", 0) >= 1)
+        # The same payload as a UDP datagram, and as a push-pull request to a.
+        await fake.send_packet(HOSTILE_STATE, a.addr)
+        await _wait(lambda: a.stats().get("dropped_malformed", 0) >= 1)
+        try:
+            await fake.exchange(a.addr, HOSTILE_STATE)
+        except Exception:
+            pass  # a closes the stream without an answer
+        await _wait(lambda: a.stats().get("dropped_malformed", 0) >= 2)
+        assert "zz-x" not in names(a) | names(b)
+        assert a.stats()["dropped_error"] == b.stats()["dropped_error"] == 0
+        # Both still gossip: a change of b's metadata reaches a.
+        b.update_meta({"role": "mm"})
+        await _wait(lambda: a.core.member("b").meta == {"role": "mm"})
