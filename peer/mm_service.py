@@ -237,12 +237,19 @@ class MarketMakerService:
         while True:
             answer = await self._call(role, "GET", path)
             if answer is not None and answer.status == 200:
-                try:
-                    return read(answer.body)
-                except AnswerError as exc:
-                    self._malformed(role, "GET", path, exc)
+                found = self._read(role, "GET", path, answer, read)
+                if found is not None:
+                    return found
             await trio.sleep(delay)
             delay = min(1.0, delay * 2)
+
+    def _read(self, role: str, method: str, path: str, answer: Answer, reader: Callable[[bytes], Any]) -> Any:
+        """`reader(answer.body)`, or None when the answer is malformed (counted and logged)."""
+        try:
+            return reader(answer.body)
+        except AnswerError as exc:
+            self._malformed(role, method, path, exc)
+            return None
 
     def _malformed(self, role: str, method: str, path: str, exc: AnswerError) -> None:
         """An answer that is not what the API promises: counted and logged, the request failed."""
@@ -312,10 +319,8 @@ class MarketMakerService:
         now = self.clock()
         body = None
         if answer is not None and answer.status in (200, 409):
-            try:
-                body = mm_answers.authority_answer(answer.body)
-            except AnswerError as exc:
-                self._malformed("exchange", "POST", f"/authority/{request.symbol}/{kind}", exc)
+            body = self._read("exchange", "POST", f"/authority/{request.symbol}/{kind}", answer,
+                              mm_answers.authority_answer)
         if body is None:
             if answer is not None and answer.status not in (200, 409):
                 self.log("mm_authority_refused", symbol=request.symbol, op=kind, status=answer.status,
@@ -329,12 +334,9 @@ class MarketMakerService:
         assert self.authority is not None
         answer = await self._call("exchange", "GET", "/authority")
         if answer is not None and answer.status == 200:
-            try:
-                rows = mm_answers.authority_rows(answer.body)
-            except AnswerError as exc:
-                self._malformed("exchange", "GET", "/authority", exc)
-                return
-            self._handle(self.authority.observe_authority(rows, self.clock()))
+            rows = self._read("exchange", "GET", "/authority", answer, mm_answers.authority_rows)
+            if rows is not None:
+                self._handle(self.authority.observe_authority(rows, self.clock()))
 
     # --- quoting ------------------------------------------------------------------------------
 
@@ -419,12 +421,9 @@ class MarketMakerService:
         await entry[1].wait()
         answer = entry[2][0]
         if answer is not None and answer.status in (200, 201):
-            try:
-                rid = mm_answers.reservation_answer(answer.body).reservation.reservation_id
-            except AnswerError as exc:
-                self._malformed("ledger", "POST", "/reservations", exc)
-                return  # nothing we can name to release: it expires with its TTL
-            await self._release(rid, why)
+            read = self._read("ledger", "POST", "/reservations", answer, mm_answers.reservation_answer)
+            if read is not None:  # else nothing to name in a release: it expires with its TTL
+                await self._release(read.reservation.reservation_id, why)
 
     async def _publish(self, attempt: QuoteAttempt) -> None:
         planner = self.planners[attempt.symbol]
@@ -447,10 +446,7 @@ class MarketMakerService:
             return
         read: mm_answers.ReservationAnswer | None = None
         if answer.status in (200, 201) or (answer.status == 409 and mm_answers.reason_of(answer.body) == "no-capacity"):
-            try:
-                read = mm_answers.reservation_answer(answer.body)
-            except AnswerError as exc:
-                self._malformed("ledger", "POST", "/reservations", exc)
+            read = self._read("ledger", "POST", "/reservations", answer, mm_answers.reservation_answer)
         if read is None:
             reason = mm_answers.reason_of(answer.body)
             self.log("mm_reservation_refused", symbol=attempt.symbol, quote_id=attempt.quote_id,
@@ -560,11 +556,7 @@ class MarketMakerService:
         and its retry carries the same seq and quote_id."""
         if answer is None:
             return None
-        try:
-            return mm_answers.verdict(answer.status, answer.body)
-        except AnswerError as exc:
-            self._malformed("exchange", method, path, exc)
-            return None
+        return self._read("exchange", method, path, answer, lambda body: mm_answers.verdict(answer.status, body))
 
     def _release_reservation(self, symbol: str, why: str) -> None:
         rid = self.reservations.pop(symbol, None)
@@ -589,12 +581,11 @@ class MarketMakerService:
                     await self._resync_positions("ledger-behind")
                 await trio.sleep(0.1)
                 continue
-            try:
-                rows, next_after = mm_answers.updates(answer.body)
-            except AnswerError as exc:
-                self._malformed("ledger", "GET", path, exc)
+            read = self._read("ledger", "GET", path, answer, mm_answers.updates)
+            if read is None:
                 await trio.sleep(0.1)
                 continue
+            rows, next_after = read
             now = self.clock()
             for u in rows:
                 planner = self.planners.get(u.symbol)
@@ -625,12 +616,11 @@ class MarketMakerService:
             if answer is None or answer.status != 200:
                 await trio.sleep(0.1)
                 continue
-            try:
-                notices, next_after = mm_answers.fills(answer.body)
-            except AnswerError as exc:
-                self._malformed("exchange", "GET", path, exc)
+            read = self._read("exchange", "GET", path, answer, mm_answers.fills)
+            if read is None:
                 await trio.sleep(0.1)
                 continue
+            notices, next_after = read
             now = self.clock()
             for f in notices:
                 if f.holder != self.name or f.symbol not in self.planners or f.quote_id is None:
@@ -648,10 +638,7 @@ class MarketMakerService:
             answer = await self._call("exchange", "GET", "/prices")
             read = None
             if answer is not None and answer.status == 200:
-                try:
-                    read = mm_answers.prices(answer.body)
-                except AnswerError as exc:
-                    self._malformed("exchange", "GET", "/prices", exc)
+                read = self._read("exchange", "GET", "/prices", answer, mm_answers.prices)
             if read is not None:
                 now = self.clock()
                 for symbol, price in read.items():
