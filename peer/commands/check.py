@@ -19,7 +19,7 @@ NAME = "check"
 HELP = "check a cluster's invariants from the exchange's tape and the ledger's database"
 DESCRIPTION = """\
 Read what a cluster left behind -- the exchange's tape (<data-dir>/exchange/exchange.tape) and the
-ledger's database (<data-dir>/ledger/ledger.db) -- and report, per invariant of MISSION.md, held
+ledger's database (<data-dir>/ledger/ledger.db) -- and report, per invariant of docs/invariants.md, held
 or violated, with the evidence (tape seqs, quote ids, epochs, fill ids). It re-derives every
 invariant from the records themselves, not from the code that wrote them:
 
