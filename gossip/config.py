@@ -14,6 +14,17 @@ from typing import Any
 PROTOCOL_VERSION = 1
 MAX_META_BYTES = 512
 
+# Incarnations. No message carries one above MAX_INCARNATION and no peer ever holds or stores one
+# above it: the largest integer every JSON reader keeps exactly (incarnations reach /members and
+# the logs). Above HEADROOM_FLOOR lies the headroom, where incarnations only creep: a message
+# there is taken only a little above what is held (an alive at most HEADROOM_STEP above, a suspect
+# or dead no higher than held, nothing about oneself above one's own), so one forged message can
+# never push a live member to where it could not refute. docs/membership.md, "Incarnations and
+# their bound", has the reasoning and what a peer does at the bound.
+MAX_INCARNATION = 2**53 - 1
+HEADROOM_FLOOR = MAX_INCARNATION - 2**48
+HEADROOM_STEP = 2**16
+
 
 @dataclass(frozen=True, slots=True)
 class GossipConfig:

@@ -30,7 +30,13 @@ import cbor2
 from gossip import wire
 from gossip.awareness import Awareness
 from gossip.broadcast import BroadcastQueue
-from gossip.config import MAX_META_BYTES, GossipConfig
+from gossip.config import (
+    HEADROOM_FLOOR,
+    HEADROOM_STEP,
+    MAX_INCARNATION,
+    MAX_META_BYTES,
+    GossipConfig,
+)
 from gossip.suspicion import Suspicion
 from gossip.types import Address, Member, MemberEvent, MemberState
 
@@ -102,6 +108,8 @@ class Swim:
         rng: random.Random,
         now: float,
     ):
+        if type(incarnation) is not int or not 0 <= incarnation <= MAX_INCARNATION:
+            raise ValueError(f"incarnation must be an integer from 0 to {MAX_INCARNATION}")
         self.config = config
         self.name = name
         self.rng = rng
@@ -228,6 +236,8 @@ class Swim:
     def update_meta(self, meta: dict[str, Any], now: float) -> None:
         meta = dict(meta)
         self._check_meta(meta)
+        if self._me.incarnation >= MAX_INCARNATION:
+            raise ValueError(f"incarnation is at its bound ({MAX_INCARNATION}): metadata can no longer change")
         self._me.meta = meta
         self._me.incarnation += 1
         self._me.changed_at = now
@@ -258,6 +268,10 @@ class Swim:
             return
         for msg in messages:
             self._stats.inc("messages_in")
+            if type(msg) in (wire.Alive, wire.Suspect, wire.Dead) and not self._plausible(
+                msg.name, msg.incarnation, accusation=type(msg) is not wire.Alive
+            ):
+                continue
             match msg:
                 case wire.Ping():
                     self._on_ping(msg, sender, now)
@@ -273,6 +287,34 @@ class Swim:
                     self._on_suspect(msg, now)
                 case wire.Dead():
                     self._on_dead(msg, now)
+
+    def _plausible(self, name: str, incarnation: int, *, accusation: bool) -> bool:
+        """Whether a message naming `name` at `incarnation` may be believed (else dropped, counted).
+
+        Below HEADROOM_FLOOR, always. Above it only a little above what we hold: no higher for a
+        suspect or dead (the accuser must hold what it accuses), at most HEADROOM_STEP higher for an
+        alive (any alive of a member we do not know), and nothing about ourselves above our own
+        incarnation. A refutation is then always
+        one step above the accusation, within the bound, and a forged message can move a member
+        up by one step at most: it can never put a live member where it cannot refute. Only
+        that message is dropped: the rest of its packet or state still counts.
+        """
+        if incarnation <= HEADROOM_FLOOR:
+            return True
+        if name == self.name:
+            limit = self._me.incarnation
+        else:
+            node = self._nodes.get(name)
+            if node is None:
+                # A member we do not know: an alive is taken at any incarnation (a newcomer must
+                # learn members that crept into the headroom); nobody holds what an accusation names.
+                limit = HEADROOM_FLOOR if accusation else MAX_INCARNATION
+            else:
+                limit = node.incarnation if accusation else node.incarnation + HEADROOM_STEP
+        if incarnation <= limit:
+            return True
+        self._stats.inc("dropped_implausible")
+        return False
 
     def _on_ping(self, msg: wire.Ping, sender: Address, now: float) -> None:
         if msg.target != self.name:
@@ -403,7 +445,12 @@ class Swim:
         self._events.append(MemberEvent(now, node.name, old, state, incarnation, reason, detail))
 
     def _refute(self, seen: int, now: float, reason: str, detail: dict | None = None) -> None:
-        self._me.incarnation = max(self._me.incarnation, seen) + 1
+        # `seen` is at most our own incarnation in the headroom (see _plausible), so this passes
+        # the bound only when we already stand at it.
+        wanted = max(self._me.incarnation, seen) + 1
+        if wanted > MAX_INCARNATION:
+            self._stats.inc("incarnation_at_bound")
+        self._me.incarnation = min(wanted, MAX_INCARNATION)
         self._stats.inc("refutations")
         self._events.append(
             MemberEvent(now, self.name, ALIVE, ALIVE, self._me.incarnation, "refute", {"cause": reason, **(detail or {})})
@@ -596,6 +643,8 @@ class Swim:
         if self._leaving:
             return self._encode_state() if respond else None
         for e in entries:
+            if not self._plausible(e.name, e.incarnation, accusation=e.state is not MemberState.ALIVE):
+                continue
             match e.state:
                 case MemberState.ALIVE:
                     self._on_alive(wire.Alive(e.name, e.incarnation, e.addr, e.meta), now, via="push-pull",

@@ -18,7 +18,7 @@ from typing import Any
 
 import cbor2
 
-from gossip.config import PROTOCOL_VERSION
+from gossip.config import MAX_INCARNATION, PROTOCOL_VERSION
 from gossip.types import Address, MemberState
 
 MAX_NAME = 128
@@ -151,6 +151,13 @@ def _int(v: Any, what: str) -> int:
     return v
 
 
+def _inc(v: Any) -> int:
+    # No peer ever sends more: anything above is forged or broken, and the packet is dropped.
+    if type(v) is not int or not 0 <= v <= MAX_INCARNATION:
+        raise WireError(f"incarnation must be an integer from 0 to {MAX_INCARNATION}")
+    return v
+
+
 def _str(v: Any, what: str, limit: int = MAX_NAME) -> str:
     if type(v) is not str or not v or len(v) > limit:
         raise WireError(f"{what} must be a non-empty string of at most {limit} characters")
@@ -204,13 +211,13 @@ def decode_message(item: Any) -> Message:
                 )
             case 4:
                 name, inc, host, port, meta = args
-                return Alive(_str(name, "name"), _int(inc, "incarnation"), _addr(host, port), _meta(meta))
+                return Alive(_str(name, "name"), _inc(inc), _addr(host, port), _meta(meta))
             case 5:
                 name, inc, source = args
-                return Suspect(_str(name, "name"), _int(inc, "incarnation"), _str(source, "source"))
+                return Suspect(_str(name, "name"), _inc(inc), _str(source, "source"))
             case 6:
                 name, inc, source = args
-                return Dead(_str(name, "name"), _int(inc, "incarnation"), _str(source, "source"))
+                return Dead(_str(name, "name"), _inc(inc), _str(source, "source"))
     except WireError as exc:
         raise WireError(f"bad message of type {code}: {exc}") from None
     except ValueError:  # unpacking: the wrong number of fields
@@ -266,6 +273,7 @@ def decode_state(data: bytes) -> list[StateEntry]:
     if type(obj[0]) is not int or obj[0] != PROTOCOL_VERSION:
         raise VersionError(f"unsupported protocol version {_show(obj[0])}")
     out = []
+    seen: set[str] = set()
     for item in obj[2]:
         if type(item) is not list or len(item) != 6:
             raise WireError("state entry must have 6 fields")
@@ -273,5 +281,10 @@ def decode_state(data: bytes) -> list[StateEntry]:
         # The type first: an array or a map here is unhashable, and `in` would raise TypeError.
         if type(code) is not int or code not in _STATES:
             raise WireError(f"unknown member state code {_show(code)}")
-        out.append(StateEntry(_str(name, "name"), _int(inc, "incarnation"), _addr(host, port), _STATES[code], _meta(meta)))
+        entry = StateEntry(_str(name, "name"), _inc(inc), _addr(host, port), _STATES[code], _meta(meta))
+        if entry.name in seen:
+            # A view holds a member once; repeats could walk an incarnation up within one state.
+            raise WireError("a member appears twice in one push-pull state")
+        seen.add(entry.name)
+        out.append(entry)
     return out

@@ -134,6 +134,8 @@ async def _run_peer(
     log = JsonLog(
         name, stream=sys.stderr if opts.log_stderr else None, path=data_dir / f"{name}.log"
     )
+    if identity.clamped_from is not None:
+        log("identity_incarnation_clamped", stored=identity.clamped_from, incarnation=identity.incarnation)
     if stop is None:
         stop = trio.Event()
     # Core time -> wall time for `changed_at`: the node stamps members with trio.current_time().

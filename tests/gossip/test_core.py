@@ -9,7 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gossip import wire
-from gossip.config import LAN, LOCAL, PROTOCOL_VERSION
+from gossip.config import (
+    HEADROOM_FLOOR,
+    HEADROOM_STEP,
+    LAN,
+    LOCAL,
+    MAX_INCARNATION,
+    PROTOCOL_VERSION,
+)
 from gossip.core import Swim
 from gossip.types import MemberState
 
@@ -358,3 +365,108 @@ def test_the_push_pull_answer_that_stopped_a_cluster_is_dropped_and_counted():
     assert a.receive_state(bad, ("127.0.0.1", 1), 0.0, respond=True) is None
     assert a.stats()["dropped_malformed"] == 2
     assert a.members() == before
+
+
+def _forge(net: CoreNet, to: str, msg: wire.Message) -> None:
+    """One UDP packet from an outsider, delivered to `to` now."""
+    net.nodes[to].receive_packet(wire.encode_packet([wire.encode_message(msg)]), ("10.9.9.9", 1), net.now)
+    net._collect(to)
+
+
+@pytest.mark.parametrize("inc", [2**63 - 1, MAX_INCARNATION + 1, MAX_INCARNATION, HEADROOM_FLOOR + 1])
+def test_a_forged_death_above_the_headroom_floor_changes_nothing(inc):
+    # The packet found on a live cluster: Dead(mm-3, 2**63 - 1), which made mm-3 refute at 2**63,
+    # an incarnation the wire refuses: every later message of mm-3 was dropped, for good.
+    net = CoreNet(LOCAL)
+    names = net.cluster(4)
+    net.run_until(3.0)
+    before = net.nodes["n3"].incarnation
+    for viewer in names:  # to every member, the accused included
+        _forge(net, viewer, wire.Dead("n3", inc, "intruder"))
+    net.run_until(20.0)
+    for viewer in names:
+        assert net.state(viewer, "n3") is ALIVE
+    assert net.nodes["n3"].incarnation == before
+    counted = "dropped_malformed" if inc > MAX_INCARNATION else "dropped_implausible"
+    assert all(net.nodes[v].stats()[counted] >= 1 for v in names)
+
+
+@pytest.mark.parametrize("kind", [wire.Dead, wire.Suspect])
+def test_a_forged_accusation_at_the_floor_is_refuted_and_the_member_can_still_refute(kind):
+    net = CoreNet(LOCAL)
+    names = net.cluster(4)
+    net.run_until(3.0)
+    _forge(net, "n1", kind("n3", HEADROOM_FLOOR, "intruder"))
+    net.run_until(20.0)
+    assert net.nodes["n3"].incarnation == HEADROOM_FLOOR + 1
+    for viewer in names:
+        assert net.state(viewer, "n3") is ALIVE
+        assert net.nodes[viewer].member("n3").incarnation == HEADROOM_FLOOR + 1
+    # In the headroom a genuine suspicion still reaches it and is refuted: cut it off, heal.
+    for other in ("n0", "n1", "n2"):
+        net.cut(other, "n3")
+    net.run_until(20.6)
+    assert any(net.state(v, "n3") is SUSPECT for v in names[:3])
+    net.heal()
+    net.run_until(30.0)
+    assert net.nodes["n3"].incarnation == HEADROOM_FLOOR + 2
+    assert all(net.state(v, "n3") is ALIVE for v in names)
+    # A forged accusation there moves it up one step at most, and it refutes again.
+    _forge(net, "n1", kind("n3", HEADROOM_FLOOR + 2, "intruder"))
+    _forge(net, "n1", kind("n3", HEADROOM_FLOOR + 3, "intruder"))  # above what n1 holds: dropped
+    net.run_until(40.0)
+    assert net.nodes["n3"].incarnation == HEADROOM_FLOOR + 3
+    assert all(net.state(v, "n3") is ALIVE for v in names)
+    assert not any(e.new is DEAD and e.reason == "suspicion-timeout" for _, e in net.events)
+
+
+def test_an_implausible_message_is_dropped_alone_not_with_its_packet_or_state():
+    a = Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0)
+    packet = wire.encode_packet([
+        wire.encode_message(wire.Dead("c", HEADROOM_FLOOR + 1, "x")),
+        wire.encode_message(wire.Alive("b", 1, ("h", 2), {})),
+    ])
+    a.receive_packet(packet, ("h", 2), 0.0)
+    assert a.member("b") is not None and a.member("c") is None
+    assert a.stats()["dropped_implausible"] == 1
+    state = wire.encode_state([
+        wire.StateEntry("d", HEADROOM_FLOOR + 1, ("h", 4), DEAD, {}),  # held: nothing
+        wire.StateEntry("b", HEADROOM_FLOOR + 1, ("h", 2), SUSPECT, {}),  # held: 1
+        wire.StateEntry("b", HEADROOM_FLOOR + HEADROOM_STEP + 2, ("h", 2), ALIVE, {}),  # a leap up
+        wire.StateEntry("e", MAX_INCARNATION, ("h", 5), ALIVE, {}),  # unknown: taken as it comes
+    ])
+    with pytest.raises(wire.WireError):
+        wire.decode_state(state)  # b twice
+    state = wire.encode_state([
+        wire.StateEntry("d", HEADROOM_FLOOR + 1, ("h", 4), DEAD, {}),  # held: nothing
+        wire.StateEntry("b", HEADROOM_FLOOR + 1, ("h", 2), SUSPECT, {}),  # held: 1
+        wire.StateEntry("e", MAX_INCARNATION, ("h", 5), ALIVE, {}),  # unknown: taken as it comes
+    ])
+    a.receive_state(state, ("h", 2), 0.0, respond=False)
+    assert a.member("b").state is ALIVE and a.member("d") is None and a.member("e").state is ALIVE
+    assert a.stats()["dropped_implausible"] == 3
+    a.receive_state(wire.encode_state([wire.StateEntry("b", HEADROOM_FLOOR + HEADROOM_STEP + 2, ("h", 2), ALIVE, {})]),
+                    ("h", 2), 0.0, respond=False)
+    assert a.member("b").incarnation == 1  # a leap into the headroom from 1
+    assert a.stats()["dropped_implausible"] == 4
+
+
+def test_a_forged_alive_about_me_in_the_headroom_is_dropped():
+    a = Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0)
+    for inc in (MAX_INCARNATION, HEADROOM_FLOOR + 1):
+        a.receive_packet(wire.encode_packet([wire.encode_message(wire.Alive("a", inc, ("h", 7), {}))]), ("h", 9), 0.0)
+    assert a.incarnation == 1
+    assert a.stats()["dropped_implausible"] == 2
+
+
+def test_a_peer_at_the_bound_stays_there():
+    # Only a peer restarted from an identity file at the bound can stand there.
+    a = Swim(LOCAL, "a", ("h", 1), incarnation=MAX_INCARNATION, rng=random.Random(1), now=0.0)
+    a.receive_packet(wire.encode_packet([wire.encode_message(wire.Suspect("a", MAX_INCARNATION, "b"))]),
+                     ("h", 9), 0.0)
+    assert a.incarnation == MAX_INCARNATION
+    assert a.stats()["incarnation_at_bound"] == 1
+    with pytest.raises(ValueError, match="bound"):
+        a.update_meta({"role": "mm"}, 1.0)
+    with pytest.raises(ValueError):
+        Swim(LOCAL, "b", ("h", 2), incarnation=MAX_INCARNATION + 1, rng=random.Random(1), now=0.0)

@@ -8,14 +8,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gossip import wire
-from gossip.config import PROTOCOL_VERSION
+from gossip.config import MAX_INCARNATION, PROTOCOL_VERSION
 from gossip.types import MemberState
 
 from . import cborgen
 
 names = st.text(min_size=1, max_size=wire.MAX_NAME)
-incs = st.integers(min_value=0, max_value=2**63 - 1)
-seqs = incs
+incs = st.integers(min_value=0, max_value=MAX_INCARNATION)
+seqs = st.integers(min_value=0, max_value=2**63 - 1)
 addrs = st.tuples(st.text(min_size=1, max_size=64), st.integers(min_value=1, max_value=65535))
 metas = st.dictionaries(
     st.text(max_size=64),
@@ -41,7 +41,8 @@ def test_every_message_round_trips_through_a_packet(msgs):
     assert len(packet) == wire.packet_overhead(len(msgs)) + sum(len(wire.encode_message(m)) for m in msgs)
 
 
-@given(st.lists(st.builds(wire.StateEntry, names, incs, addrs, st.sampled_from(list(MemberState)), metas), max_size=20))
+@given(st.lists(st.builds(wire.StateEntry, names, incs, addrs, st.sampled_from(list(MemberState)), metas), max_size=20,
+                unique_by=lambda e: e.name))
 def test_push_pull_state_round_trips(entries):
     assert wire.decode_state(wire.encode_state(entries)) == entries
 
@@ -163,3 +164,18 @@ def test_numbers_too_long_to_print_are_wire_errors():
             wire.decode_packet(data)
         with pytest.raises(wire.WireError):
             wire.decode_state(data)
+
+
+@pytest.mark.parametrize("inc", [MAX_INCARNATION + 1, 2**63 - 1, 2**63, -1])
+def test_an_incarnation_above_the_bound_is_a_wire_error(inc):
+    for msg in (wire.Alive("n", inc, ("h", 1), {}), wire.Suspect("n", inc, "s"), wire.Dead("mm-3", inc, "x")):
+        with pytest.raises(wire.WireError, match="incarnation"):
+            wire.decode_packet(wire.encode_packet([wire.encode_message(msg)]))
+    with pytest.raises(wire.WireError, match="incarnation"):
+        wire.decode_state(wire.encode_state([wire.StateEntry("n", inc, ("h", 1), MemberState.ALIVE, {})]))
+
+
+def test_a_member_twice_in_one_state_is_a_wire_error():
+    e = wire.StateEntry("n", 1, ("h", 1), MemberState.ALIVE, {})
+    with pytest.raises(wire.WireError, match="twice"):
+        wire.decode_state(wire.encode_state([e, e]))
