@@ -11,8 +11,14 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-PROTOCOL_VERSION = 1
+# 2: packets and push-pull states carry the cluster's name (1 did not; a peer of 1 is dropped
+# and counted as dropped_version). docs/membership.md, "Wire format", keeps the history.
+PROTOCOL_VERSION = 2
 MAX_META_BYTES = 512
+# The cluster's name when none is given; every packet and stream carries it, and one of another
+# cluster is dropped. At most MAX_CLUSTER_NAME characters (it also goes into mDNS TXT records).
+DEFAULT_CLUSTER = "murmur"
+MAX_CLUSTER_NAME = 63
 
 # Incarnations. No message carries one above MAX_INCARNATION and no peer ever holds or stores one
 # above it: the largest integer every JSON reader keeps exactly (incarnations reach /members and

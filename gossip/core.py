@@ -31,6 +31,7 @@ from gossip import wire
 from gossip.awareness import Awareness
 from gossip.broadcast import BroadcastQueue
 from gossip.config import (
+    DEFAULT_CLUSTER,
     HEADROOM_FLOOR,
     HEADROOM_STEP,
     MAX_INCARNATION,
@@ -107,11 +108,14 @@ class Swim:
         meta: dict[str, Any] | None = None,
         rng: random.Random,
         now: float,
+        cluster: str = DEFAULT_CLUSTER,
     ):
         if type(incarnation) is not int or not 0 <= incarnation <= MAX_INCARNATION:
             raise ValueError(f"incarnation must be an integer from 0 to {MAX_INCARNATION}")
         self.config = config
         self.name = name
+        # Carried by every packet and state; those of another cluster are dropped and counted.
+        self.cluster = wire.check_cluster(cluster)
         self.rng = rng
         self.awareness = Awareness(config.awareness_max_multiplier)
         self._broadcasts = BroadcastQueue()
@@ -257,7 +261,10 @@ class Swim:
         self._stats.inc("packets_in")
         self._stats.inc("bytes_in", len(data))
         try:
-            messages = wire.decode_packet(data)
+            messages = wire.decode_packet(data, self.cluster)
+        except wire.ForeignClusterError:
+            self._stats.inc("dropped_foreign_cluster")
+            return
         except wire.VersionError:
             self._stats.inc("dropped_version")
             return
@@ -576,10 +583,10 @@ class Swim:
             and (n.state.is_up or (n.state is DEAD and now - n.changed_at < self.config.gossip_to_the_dead_time))
         ]
         for node in self.rng.sample(candidates, min(self.config.gossip_nodes, len(candidates))):
-            payload = self._take_broadcasts(self.config.max_packet - wire.packet_overhead(255))
+            payload = self._take_broadcasts(self.config.max_packet - wire.packet_overhead(255, self.cluster))
             if not payload:
                 return
-            self._send_raw(wire.encode_packet(payload), node.addr)
+            self._send_raw(wire.encode_packet(payload, self.cluster), node.addr)
 
     def _push_pull_interval(self) -> float:
         # memberlist scales anti-entropy down for large clusters so its cost stays bounded.
@@ -616,7 +623,8 @@ class Swim:
 
     def _encode_state(self) -> bytes:
         return wire.encode_state(
-            [wire.StateEntry(n.name, n.incarnation, n.addr, n.state, n.meta) for n in self._nodes.values()]
+            [wire.StateEntry(n.name, n.incarnation, n.addr, n.state, n.meta) for n in self._nodes.values()],
+            self.cluster,
         )
 
     def receive_state(
@@ -632,7 +640,10 @@ class Swim:
         """
         incarnation_before = self._me.incarnation
         try:
-            entries = wire.decode_state(data)
+            entries = wire.decode_state(data, self.cluster)
+        except wire.ForeignClusterError:
+            self._stats.inc("dropped_foreign_cluster")
+            return None
         except wire.VersionError:
             self._stats.inc("dropped_version")
             return None
@@ -702,8 +713,8 @@ class Swim:
     def _send(self, messages: list[bytes], addr: Address) -> None:
         """Send protocol messages with as many pending updates piggybacked as fit."""
         used = sum(len(m) for m in messages)
-        budget = self.config.max_packet - wire.packet_overhead(255) - used
-        self._send_raw(wire.encode_packet(messages + self._take_broadcasts(budget)), addr)
+        budget = self.config.max_packet - wire.packet_overhead(255, self.cluster) - used
+        self._send_raw(wire.encode_packet(messages + self._take_broadcasts(budget), self.cluster), addr)
 
     def _send_raw(self, packet: bytes, addr: Address) -> None:
         self._stats.inc("packets_out")

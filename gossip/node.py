@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from gossip.config import GossipConfig
+from gossip.config import DEFAULT_CLUSTER, GossipConfig
 from gossip.core import Exchange, Swim
 from gossip.transport import Transport, TransportError
 from gossip.types import Address, Member, MemberEvent
@@ -39,10 +39,12 @@ class GossipNode:
         on_event: Callable[[MemberEvent], None] | None = None,
         on_incarnation: Callable[[int], None] | None = None,
         on_error: Callable[[str, Address, BaseException], None] | None = None,
+        cluster: str = DEFAULT_CLUSTER,
     ):
         self.transport = transport
         self.config = config
         self.name = name
+        self.cluster = cluster
         self._initial_incarnation = incarnation
         self._meta = dict(meta or {})
         self._seeds = list(seeds or [])
@@ -144,6 +146,7 @@ class GossipNode:
             meta=self._meta,
             rng=self._rng,
             now=trio.current_time(),
+            cluster=self.cluster,
         )
         self.transport.set_stream_handler(self._answer_exchange)
         async with trio.open_nursery() as nursery:

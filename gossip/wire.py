@@ -1,24 +1,27 @@
 """The gossip wire format: CBOR packets with a version, decoded strictly.
 
 What it is for: turning protocol messages into bytes and back. A packet is the CBOR array
-``[version, [message, ...]]``; each message is a CBOR array whose first item is its type code.
-Messages are encoded one by one so the sender can pack as many as fit in one datagram, and a
-broadcast is encoded once however often it is retransmitted. Push-pull states are
-``[version, "pp", [entry, ...]]``.
+``[version, cluster, [message, ...]]``; each message is a CBOR array whose first item is its type
+code. Messages are encoded one by one so the sender can pack as many as fit in one datagram, and
+a broadcast is encoded once however often it is retransmitted. Push-pull states are
+``[version, "pp", cluster, [entry, ...]]``. `cluster` is the cluster's name, as memberlist's
+label: peers of two clusters that reach each other never mix.
 
 It must never trust its input: anything that is not exactly a known message of the right shape
 raises `WireError` (the caller drops the packet and counts it); an unknown version raises
-`VersionError`. The type codes are append-only: never renumber one.
+`VersionError`, another cluster's name `ForeignClusterError` (both are WireErrors). The type codes
+are append-only: never renumber one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import cbor2
 
-from gossip.config import MAX_INCARNATION, PROTOCOL_VERSION
+from gossip.config import DEFAULT_CLUSTER, MAX_CLUSTER_NAME, MAX_INCARNATION, PROTOCOL_VERSION
 from gossip.types import Address, MemberState
 
 MAX_NAME = 128
@@ -31,6 +34,17 @@ class WireError(ValueError):
 
 class VersionError(WireError):
     """A packet of a protocol version this node does not speak."""
+
+
+class ForeignClusterError(WireError):
+    """A well-formed packet or state of another cluster."""
+
+
+def check_cluster(name: Any) -> str:
+    """The cluster name every packet carries: 1 to MAX_CLUSTER_NAME characters. Raises ValueError."""
+    if type(name) is not str or not 0 < len(name) <= MAX_CLUSTER_NAME:
+        raise ValueError(f"a cluster name must be 1 to {MAX_CLUSTER_NAME} characters")
+    return name
 
 
 # Type codes (append-only).
@@ -117,16 +131,18 @@ def _array_header(n: int) -> bytes:
     return bytes([0x99]) + n.to_bytes(2, "big")
 
 
-_PACKET_PREFIX = bytes([0x82]) + cbor2.dumps(PROTOCOL_VERSION)
+@lru_cache(maxsize=16)
+def _packet_prefix(cluster: str) -> bytes:
+    return bytes([0x83]) + cbor2.dumps(PROTOCOL_VERSION) + cbor2.dumps(check_cluster(cluster))
 
 
-def packet_overhead(n_messages: int) -> int:
-    return len(_PACKET_PREFIX) + len(_array_header(n_messages))
+def packet_overhead(n_messages: int, cluster: str = DEFAULT_CLUSTER) -> int:
+    return len(_packet_prefix(cluster)) + len(_array_header(n_messages))
 
 
-def encode_packet(encoded_messages: list[bytes]) -> bytes:
+def encode_packet(encoded_messages: list[bytes], cluster: str = DEFAULT_CLUSTER) -> bytes:
     """Join already-encoded messages into one packet without re-encoding them."""
-    return _PACKET_PREFIX + _array_header(len(encoded_messages)) + b"".join(encoded_messages)
+    return _packet_prefix(cluster) + _array_header(len(encoded_messages)) + b"".join(encoded_messages)
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -232,13 +248,22 @@ def _loads(data: bytes) -> Any:
         raise WireError(f"not CBOR: {exc}") from None
 
 
-def decode_packet(data: bytes) -> list[Message]:
-    obj = _loads(data)
-    if type(obj) is not list or len(obj) != 2 or type(obj[1]) is not list:
-        raise WireError("packet must be [version, [messages]]")
+def _check_outline(obj: Any, length: int, what: str, cluster_at: int, cluster: str) -> None:
+    # The version first, so that a packet of another version (of another shape) says so.
+    if type(obj) is not list or not obj:
+        raise WireError(f"{what} must be a non-empty array")
     if type(obj[0]) is not int or obj[0] != PROTOCOL_VERSION:
         raise VersionError(f"unsupported protocol version {_show(obj[0])}")
-    return [decode_message(item) for item in obj[1]]
+    if len(obj) != length or type(obj[-1]) is not list or type(obj[cluster_at]) is not str:
+        raise WireError(f"{what} is not of the shape of version {PROTOCOL_VERSION}")
+    if obj[cluster_at] != cluster:
+        raise ForeignClusterError(f"{what} of cluster {_show(obj[cluster_at])}")
+
+
+def decode_packet(data: bytes, cluster: str = DEFAULT_CLUSTER) -> list[Message]:
+    obj = _loads(data)
+    _check_outline(obj, 3, "packet", 1, cluster)
+    return [decode_message(item) for item in obj[2]]
 
 
 # --- push-pull state --------------------------------------------------------------------------
@@ -256,25 +281,25 @@ class StateEntry:
     meta: dict[str, Any]
 
 
-def encode_state(entries: list[StateEntry]) -> bytes:
+def encode_state(entries: list[StateEntry], cluster: str = DEFAULT_CLUSTER) -> bytes:
     return cbor2.dumps(
         [
             PROTOCOL_VERSION,
             "pp",
+            check_cluster(cluster),
             [[e.name, e.incarnation, e.addr[0], e.addr[1], _STATE_CODES[e.state], e.meta] for e in entries],
         ]
     )
 
 
-def decode_state(data: bytes) -> list[StateEntry]:
+def decode_state(data: bytes, cluster: str = DEFAULT_CLUSTER) -> list[StateEntry]:
     obj = _loads(data)
-    if type(obj) is not list or len(obj) != 3 or type(obj[1]) is not str or obj[1] != "pp" or type(obj[2]) is not list:
-        raise WireError("push-pull state must be [version, 'pp', [entries]]")
-    if type(obj[0]) is not int or obj[0] != PROTOCOL_VERSION:
-        raise VersionError(f"unsupported protocol version {_show(obj[0])}")
+    _check_outline(obj, 4, "push-pull state", 2, cluster)
+    if type(obj[1]) is not str or obj[1] != "pp":
+        raise WireError("push-pull state must be [version, 'pp', cluster, [entries]]")
     out = []
     seen: set[str] = set()
-    for item in obj[2]:
+    for item in obj[3]:
         if type(item) is not list or len(item) != 6:
             raise WireError("state entry must have 6 fields")
         name, inc, host, port, code, meta = item

@@ -210,6 +210,10 @@ async def _run_peer(
                     seed=opts.seed,
                     on_event=on_event,
                     on_incarnation=on_incarnation,
+                    on_error=lambda what, sender, exc: log(
+                        "gossip_input_dropped", what=what, sender=format_address(sender), error=repr(exc)[:200]
+                    ),
+                    cluster=opts.cluster,
                 )
                 await nursery.start(node.run)
                 handle.node = node

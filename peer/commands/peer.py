@@ -10,6 +10,7 @@ from pathlib import Path
 
 import trio
 
+from gossip.config import MAX_CLUSTER_NAME
 from peer.addresses import format_address
 from peer.commands._common import (
     UsageError,
@@ -29,6 +30,14 @@ from peer.commands._common import (
 from peer.runner import ROLES, PeerOptions, run_peer
 
 NAME = "peer"
+
+
+def cluster_name_arg(text: str) -> str:
+    if not 0 < len(text) <= MAX_CLUSTER_NAME:
+        raise argparse.ArgumentTypeError(f"a cluster name is 1 to {MAX_CLUSTER_NAME} characters")
+    return text
+
+
 HELP = "run one peer in the foreground"
 DESCRIPTION = """\
 Run one peer in the foreground until Ctrl-C (or SIGTERM); it then leaves the cluster gracefully,
@@ -89,7 +98,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cluster",
         default="murmur",
-        help="cluster name for --discover; peers of other clusters are ignored (default: murmur)",
+        type=cluster_name_arg,
+        help="cluster name: every gossip packet and push-pull carries it, and those of another "
+        "cluster are dropped (counted as dropped_foreign_cluster); --discover finds only peers "
+        "of this cluster (default: murmur)",
     )
     p.add_argument(
         "--interfaces",

@@ -143,15 +143,17 @@ def _entry():
     ).map(lambda t: array(*t))
 
 
-def packets(version: int) -> st.SearchStrategy[bytes]:
+def packets(version: int, cluster: str = "murmur") -> st.SearchStrategy[bytes]:
     """Arbitrary items, and packets of the right outline holding arbitrary messages."""
-    shaped = st.lists(_message(), max_size=4).map(lambda ms: array(integer(version), array(*ms)))
+    shaped = st.tuples(_near(text(cluster)), st.lists(_message(), max_size=4)).map(
+        lambda t: array(integer(version), t[0], array(*t[1]))
+    )
     return st.one_of(items, shaped, st.lists(items, max_size=3).map(lambda xs: array(*xs))).map(encode)
 
 
-def states(version: int) -> st.SearchStrategy[bytes]:
+def states(version: int, cluster: str = "murmur") -> st.SearchStrategy[bytes]:
     """Arbitrary items, and push-pull states of the right outline holding arbitrary entries."""
-    shaped = st.lists(st.one_of(_entry(), items), max_size=4).map(
-        lambda es: array(integer(version), text("pp"), array(*es))
+    shaped = st.tuples(_near(text("pp")), _near(text(cluster)), st.lists(st.one_of(_entry(), items), max_size=4)).map(
+        lambda t: array(integer(version), t[0], t[1], array(*t[2]))
     )
     return st.one_of(items, shaped, st.lists(items, max_size=4).map(lambda xs: array(*xs))).map(encode)

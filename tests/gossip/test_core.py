@@ -360,7 +360,7 @@ def test_the_push_pull_answer_that_stopped_a_cluster_is_dropped_and_counted():
 
     a = Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0)
     before = a.members()
-    bad = cbor2.dumps([PROTOCOL_VERSION, "pp", [["zz-x", 1, "127.0.0.1", 1, [0], {}]]])
+    bad = cbor2.dumps([PROTOCOL_VERSION, "pp", "murmur", [["zz-x", 1, "127.0.0.1", 1, [0], {}]]])
     assert a.receive_state(bad, ("127.0.0.1", 1), 0.0, respond=False) is None
     assert a.receive_state(bad, ("127.0.0.1", 1), 0.0, respond=True) is None
     assert a.stats()["dropped_malformed"] == 2
@@ -470,3 +470,29 @@ def test_a_peer_at_the_bound_stays_there():
         a.update_meta({"role": "mm"}, 1.0)
     with pytest.raises(ValueError):
         Swim(LOCAL, "b", ("h", 2), incarnation=MAX_INCARNATION + 1, rng=random.Random(1), now=0.0)
+
+
+def test_a_packet_or_state_of_another_cluster_is_dropped_and_counted():
+    a = Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0, cluster="cluster-a")
+    b = Swim(LOCAL, "b", ("h", 2), rng=random.Random(2), now=0.0, cluster="other-cluster")
+    alive = wire.encode_message(wire.Alive("x", 1, ("h", 3), {}))
+    a.receive_packet(wire.encode_packet([alive], "other-cluster"), ("h", 3), 0.0)
+    b.join([a.addr], 0.0)
+    (exchange,) = b.pop_exchanges()
+    assert a.receive_state(exchange.data, b.addr, 0.0, respond=True) is None  # no answer to b
+    a.join([b.addr], 0.0)
+    (exchange,) = a.pop_exchanges()
+    assert b.receive_state(exchange.data, a.addr, 0.0, respond=True) is None
+    assert b.receive_state(a._encode_state(), a.addr, 0.0, respond=False) is None
+    assert [m.name for m in a.members()] == ["a"] and [m.name for m in b.members()] == ["b"]
+    assert a.stats()["dropped_foreign_cluster"] == 2 and b.stats()["dropped_foreign_cluster"] == 2
+    # The same packet with a's name is taken.
+    a.receive_packet(wire.encode_packet([alive], "cluster-a"), ("h", 3), 0.0)
+    assert a.member("x") is not None
+
+
+def test_a_cluster_name_is_one_to_63_characters():
+    for bad in ("", "x" * 64, None, 5):
+        with pytest.raises(ValueError, match="cluster"):
+            Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0, cluster=bad)
+    assert wire.decode_packet(wire.encode_packet([], "x" * 63), "x" * 63) == []

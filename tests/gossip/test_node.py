@@ -11,8 +11,9 @@ from gossip.node import GossipNode
 from gossip.simnet import SimNetwork
 from gossip.udp import UdpTransport
 
-# The answer a fake member gave to push-pull, which once stopped all 5 processes of a cluster.
-HOSTILE_STATE = cbor2.dumps([PROTOCOL_VERSION, "pp", [["zz-x", 1, "127.0.0.1", 1, [0], {}]]])
+# The answer a fake member gave to push-pull, which once stopped all 5 processes of a cluster
+# (then in the version 1 outline, without the cluster's name).
+HOSTILE_STATE = cbor2.dumps([PROTOCOL_VERSION, "pp", "murmur", [["zz-x", 1, "127.0.0.1", 1, [0], {}]]])
 BOUND = 10  # seconds of real time for the real-socket tests
 
 
@@ -123,3 +124,41 @@ async def test_over_real_udp_and_tcp_the_hostile_answer_and_packet_leave_the_nod
         # Both still gossip: a change of b's metadata reaches a.
         b.update_meta({"role": "mm"})
         await _wait(lambda: a.core.member("b").meta == {"role": "mm"})
+
+
+async def test_two_clusters_on_one_network_never_merge(autojump_clock, nursery):
+    net = SimNetwork(seed=3)
+    await nursery.start(net.run)
+    a = [GossipNode(net.transport((f"10.0.0.{i}", 7946)), LOCAL, f"a{i}", seed=i,
+                    seeds=[("10.0.0.1", 7946)] if i > 1 else [], cluster="cluster-a") for i in (1, 2, 3)]
+    for node in a:
+        await nursery.start(node.run)
+    # A peer of another cluster joining through a member of the first (a wrong --join).
+    b = GossipNode(net.transport(("10.0.1.1", 7946)), LOCAL, "b1", seeds=[a[0].addr], seed=9,
+                   cluster="other-cluster")
+    await nursery.start(b.run)
+    # It even learns of a member's address by other means and gossips to it.
+    b.add_seeds([a[1].addr])
+    await trio.sleep(60)
+    for node in a:
+        assert names(node) == {"a1", "a2", "a3"}
+    assert names(b) == {"b1"}
+    assert a[0].stats()["dropped_foreign_cluster"] >= 1
+    assert b.stats().get("dropped_foreign_cluster", 0) == 0  # a never answers it
+    assert b.stats()["push_pull_failures"] >= 1
+
+
+async def test_over_real_udp_and_tcp_a_peer_of_another_cluster_joining_through_a_member_is_never_seen(nursery):
+    with trio.fail_after(BOUND):
+        a1 = await _udp_node(nursery, "a1", cluster="cluster-a")
+        a2 = await _udp_node(nursery, "a2", seeds=[a1.addr], cluster="cluster-a")
+        b = await _udp_node(nursery, "b1", seeds=[a1.addr], cluster="other-cluster")
+        await _wait(lambda: names(a1) == names(a2) == {"a1", "a2"})
+        await _wait(lambda: a1.stats().get("dropped_foreign_cluster", 0) >= 1)
+        # A datagram of the other cluster straight to a member is dropped too.
+        alive = wire.encode_message(wire.Alive("b1", 9, b.addr, {}))
+        await b.transport.send_packet(wire.encode_packet([alive], "other-cluster"), a2.addr)
+        await _wait(lambda: a2.stats().get("dropped_foreign_cluster", 0) >= 1)
+        await trio.sleep(1.0)  # several probe periods of the local profile
+        assert names(a1) == names(a2) == {"a1", "a2"}
+        assert names(b) == {"b1"}

@@ -69,7 +69,7 @@ cbor_values = st.recursive(
 
 @given(st.lists(cbor_values, max_size=5))
 def test_wrong_shapes_are_rejected_with_wire_error(items):
-    data = cbor2.dumps([1, items])
+    data = cbor2.dumps([PROTOCOL_VERSION, "murmur", items])
     try:
         decoded = wire.decode_packet(data)
     except wire.WireError:
@@ -80,9 +80,14 @@ def test_wrong_shapes_are_rejected_with_wire_error(items):
 
 def test_unknown_version_is_a_version_error():
     with pytest.raises(wire.VersionError):
-        wire.decode_packet(cbor2.dumps([2, []]))
+        wire.decode_packet(cbor2.dumps([PROTOCOL_VERSION + 1, "murmur", []]))
     with pytest.raises(wire.VersionError):
-        wire.decode_state(cbor2.dumps([2, "pp", []]))
+        wire.decode_state(cbor2.dumps([PROTOCOL_VERSION + 1, "pp", "murmur", []]))
+    # Version 1 had no cluster name: its packets and states are of another version, not malformed.
+    with pytest.raises(wire.VersionError):
+        wire.decode_packet(cbor2.dumps([1, [[2, 5]]]))
+    with pytest.raises(wire.VersionError):
+        wire.decode_state(cbor2.dumps([1, "pp", []]))
 
 
 @pytest.mark.parametrize(
@@ -102,7 +107,7 @@ def test_unknown_version_is_a_version_error():
 )
 def test_malformed_messages_are_rejected(item):
     with pytest.raises(wire.WireError):
-        wire.decode_packet(cbor2.dumps([1, [item]]))
+        wire.decode_packet(cbor2.dumps([PROTOCOL_VERSION, "murmur", [item]]))
 
 
 # Every shape of CBOR a hostile peer can send (maps keyed by arrays, tags, bignums of thousands of
@@ -146,20 +151,24 @@ def test_decode_message_raises_only_wire_error_on_any_item(item):
                          ids=["list", "map", "empty", "huge", "null", "float", "undefined", "tag"])
 def test_a_state_code_of_any_type_is_a_wire_error(code):
     # Found against a live cluster: a list here raised TypeError (unhashable) and ended the peer.
-    data = cbor2.dumps([PROTOCOL_VERSION, "pp", [["zz-x", 1, "127.0.0.1", 1, code, {}]]])
+    data = cbor2.dumps([PROTOCOL_VERSION, "pp", "murmur", [["zz-x", 1, "127.0.0.1", 1, code, {}]]])
     with pytest.raises(wire.WireError):
         wire.decode_state(data)
 
 
 def test_the_payload_that_stopped_a_cluster_is_a_wire_error():
     with pytest.raises(wire.WireError, match="state code"):
+        wire.decode_state(cbor2.dumps([PROTOCOL_VERSION, "pp", "murmur", [["zz-x", 1, "127.0.0.1", 1, [0], {}]]]))
+    with pytest.raises(wire.VersionError):  # as it was sent, in version 1
         wire.decode_state(cbor2.dumps([1, "pp", [["zz-x", 1, "127.0.0.1", 1, [0], {}]]]))
 
 
 def test_numbers_too_long_to_print_are_wire_errors():
     huge = 10**5000
-    for data in (cbor2.dumps([huge, []]), cbor2.dumps([huge, "pp", []]), cbor2.dumps([1, [[huge]]]),
-                 cbor2.dumps([1, [[4, "n", 1, "h", 1, {"k": huge}]]])):
+    v = PROTOCOL_VERSION
+    for data in (cbor2.dumps([huge, []]), cbor2.dumps([huge, "pp", []]), cbor2.dumps([v, "murmur", [[huge]]]),
+                 cbor2.dumps([v, "murmur", [[4, "n", 1, "h", 1, {"k": huge}]]]), cbor2.dumps([v, huge, []]),
+                 cbor2.dumps([v, "pp", huge, []])):
         with pytest.raises(wire.WireError):
             wire.decode_packet(data)
         with pytest.raises(wire.WireError):

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import trio
 
+from gossip.config import PROTOCOL_VERSION
 from peer.dirlock import DirectoryInUse
 from peer.runner import PEER_FILE, PeerOptions, run_peer
 
@@ -78,7 +79,7 @@ async def test_a_peer_serves_its_view_and_reports_where_it_listens(tmp_path):
     me = members["mm-1"]
     assert me["state"] == "alive"
     assert me["addr"] == info["gossip"]
-    assert me["meta"] == {"role": "mm", "http": info["http"], "version": 1}
+    assert me["meta"] == {"role": "mm", "http": info["http"], "version": PROTOCOL_VERSION}
     # A clean stop removes peer.json and says so in the log.
     assert not (opts.data_dir / PEER_FILE).exists()
     events = [e["event"] for e in log_events(opts.data_dir / "mm-1.log")]
@@ -155,3 +156,63 @@ async def test_a_second_peer_on_the_same_data_dir_is_refused_while_the_first_run
             again, stop, _ = await start(nursery, opts)
             stop.set()
     assert again["incarnation"] == info["incarnation"] + 1
+
+
+async def test_a_peer_of_another_cluster_joining_through_a_member_is_never_listed(tmp_path):
+    # Found on real processes: `--cluster other-cluster --join <a member of murmur>` merged at once.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=2) as client:
+            a, stop_a, done_a = await start(nursery, options(tmp_path, "mm-1"))
+            host, port = a["gossip"].rsplit(":", 1)
+            b_opts = options(tmp_path, "mm-2", join=[(host, int(port))])
+            b, stop_b, done_b = await start(nursery, b_opts)
+            c, stop_c, done_c = await start(
+                nursery, options(tmp_path, "zz-1", join=[(host, int(port))], cluster="other-cluster")
+            )
+
+            async def dropped():
+                text = (await client.get(f"{a['http']}/metrics")).text
+                return "murmur_gossip_dropped_foreign_cluster_total" in text
+
+            await wait_for(dropped)
+            await wait_for(lambda: _both_see(client, a, b))
+            await trio.sleep(1.0)  # several probe periods and reconnects of the local profile
+            assert set(await members_of(client, a)) == set(await members_of(client, b)) == {"mm-1", "mm-2"}
+            assert set(await members_of(client, c)) == {"zz-1"}
+            for stop in (stop_c, stop_b, stop_a):
+                stop.set()
+            for done in (done_c, done_b, done_a):
+                await done.wait()
+
+
+async def _both_see(client, a, b) -> bool:
+    return set(await members_of(client, a)) == set(await members_of(client, b)) == {"mm-1", "mm-2"}
+
+
+async def test_a_peer_whose_identity_holds_an_incarnation_past_the_wire_bound_starts_and_rejoins(tmp_path):
+    # Found on real processes: after a forged Dead at 2**63 - 1, identity.json held 2**63 + 1 and
+    # the restarted peer stayed dead in every view.
+    from gossip.config import HEADROOM_FLOOR
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=2) as client:
+            a, stop_a, done_a = await start(nursery, options(tmp_path, "mm-1"))
+            host, port = a["gossip"].rsplit(":", 1)
+            b_opts = options(tmp_path, "mm-3", join=[(host, int(port))])
+            b_opts.data_dir.mkdir(parents=True)
+            (b_opts.data_dir / "identity.json").write_text(json.dumps({"name": "mm-3", "incarnation": 2**63 + 1}))
+            b, stop_b, done_b = await start(nursery, b_opts)
+            assert b["incarnation"] == HEADROOM_FLOOR
+
+            async def a_sees_b():
+                row = (await members_of(client, a)).get("mm-3")
+                return row is not None and row["state"] == "alive"
+
+            await wait_for(a_sees_b)
+            stop_b.set()
+            await done_b.wait()
+            stop_a.set()
+            await done_a.wait()
+    events = log_events(b_opts.data_dir / "mm-3.log")
+    assert any(e["event"] == "identity_incarnation_clamped" for e in events)
+    assert json.loads((b_opts.data_dir / "identity.json").read_text())["incarnation"] == HEADROOM_FLOOR
