@@ -9,6 +9,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from gossip.config import PROTOCOL_VERSION
 from gossip.types import MemberEvent, MemberState
 from peer.http import PeerHandle, create_app, serve_http
 
@@ -70,7 +71,7 @@ async def test_status_reports_identity_addresses_profile_and_view_counts(client)
     assert body["uptime_s"] >= 0
     assert body["members"] == {"alive": 3, "suspect": 1, "dead": 1, "left": 1}
     assert body["health"] == 2
-    assert body["protocol_version"] == 1
+    assert body["protocol_version"] == PROTOCOL_VERSION
 
 
 async def test_members_lists_every_member_with_state_role_and_wall_clock_change_time(client):
