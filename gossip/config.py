@@ -51,6 +51,9 @@ class GossipConfig:
     # Anti-entropy and rejoin.
     push_pull_interval: float = 30.0  # full state exchange with one random member
     reconnect_interval: float = 30.0  # push-pull to a random dead member or seed
+    # A peer that knows no other member retries its seeds after a failed push-pull: first after
+    # this (jittered down to half), doubling each time, never more than reconnect_interval.
+    join_retry_min: float = 0.2
     stream_timeout: float = 10.0
     # How long dead and left members stay visible in the view before they are forgotten.
     dead_retention: float = 300.0

@@ -86,7 +86,12 @@ class Exchange:
 
     addr: Address
     data: bytes
-    reason: str  # "join", "anti-entropy", "reconnect"
+    reason: str  # "join", "join-retry", "anti-entropy", "reconnect"
+
+    @property
+    def joining(self) -> bool:
+        """A push-pull with a seed by a peer that knew nobody (see `receive_state`'s `joining`)."""
+        return self.reason in ("join", "join-retry")
 
 
 @dataclass(slots=True)
@@ -142,6 +147,9 @@ class Swim:
         self._next_gossip = now + rng.uniform(0, config.gossip_interval)
         self._next_push_pull = now + rng.uniform(0.5, 1.0) * config.push_pull_interval
         self._next_reconnect = now + config.reconnect_interval
+        # Seed retries of a peer that knows no other member (see `exchange_failed`).
+        self._join_retry_at: float | None = None
+        self._join_backoff = config.join_retry_min
         self._next_reap = now + 1.0
         self._leaving = False
         self._events.append(MemberEvent(now, name, None, ALIVE, incarnation, "self", {"addr": list(addr)}))
@@ -205,6 +213,8 @@ class Swim:
         if self._leaving:
             return self._next_gossip  # a leaving node only spreads the news of its leave
         deadlines = [self._next_probe, self._next_gossip, self._next_push_pull, self._next_reconnect, self._next_reap]
+        if self._join_retry_at is not None:
+            deadlines.append(self._join_retry_at)
         deadlines.extend(p.timeout_at if not p.indirect else p.deadline for p in self._probes.values())
         deadlines.extend(r.deadline for r in self._relays.values())
         deadlines.extend(n.suspicion.deadline for n in self._suspected.values() if n.suspicion is not None)
@@ -213,7 +223,8 @@ class Swim:
     # --- calls ------------------------------------------------------------------------------
 
     def join(self, seeds: list[Address], now: float) -> None:
-        """Exchange full state with every seed; later retries happen on the reconnect tick."""
+        """Exchange full state with every seed. While this node knows no other member, a failed
+        exchange is retried soon with a back-off (`exchange_failed`), not only on the reconnect tick."""
         self.add_seeds(seeds)
         for addr in self._seeds:
             self._exchanges.append(Exchange(addr, self._encode_state(), "join"))
@@ -506,6 +517,12 @@ class Swim:
         if now >= self._next_reconnect:
             self._reconnect(now)
             self._next_reconnect = now + self.config.reconnect_interval
+        if self._join_retry_at is not None and now >= self._join_retry_at:
+            self._join_retry_at = None
+            if self._alone():
+                state = self._encode_state()
+                for addr in self._seeds:
+                    self._exchanges.append(Exchange(addr, state, "join-retry"))
         if now >= self._next_reap:
             self._reap(now)
             self._next_reap = now + 1.0
@@ -651,6 +668,8 @@ class Swim:
             self._stats.inc("dropped_malformed")
             return None
         self._stats.inc("push_pulls")
+        if not respond:
+            self._join_backoff = self.config.join_retry_min  # an exchange of ours went through
         if self._leaving:
             return self._encode_state() if respond else None
         for e in entries:
@@ -688,6 +707,18 @@ class Swim:
 
     def exchange_failed(self, exchange: Exchange, now: float) -> None:
         self._stats.inc("push_pull_failures")
+        # A peer that knows nobody else (its seed was not listening yet: peers started together
+        # after a power cut, or by a service manager) tries its seeds again soon, backing off
+        # from join_retry_min up to reconnect_interval, with jitter so that peers started
+        # together do not retry in step.
+        if exchange.reason in ("join", "join-retry", "reconnect") and self._alone() and self._seeds:
+            if self._join_retry_at is None:
+                self._join_retry_at = now + self._join_backoff * self.rng.uniform(0.5, 1.0)
+                self._join_backoff = min(2 * self._join_backoff, self.config.reconnect_interval)
+                self._stats.inc("join_retries")
+
+    def _alone(self) -> bool:
+        return self._n_up <= 1 and not self._leaving
 
     def _peer_name(self, addr: Address) -> str:
         for node in self._nodes.values():

@@ -242,7 +242,7 @@ class GossipNode:
             return
         try:
             core.receive_state(answer, exchange.addr, trio.current_time(), respond=False,
-                               joining=exchange.reason == "join")
+                               joining=exchange.joining)
         except Exception as exc:
             self._input_failed("push-pull answer", exchange.addr, exc)
         self._flush()

@@ -141,6 +141,15 @@ class SimCluster:
         seed = self.names[0] if name != self.names[0] else self.names[1]
         await self._start_node(name, seeds=[self.addrs[seed]])
 
+    async def add(self, name: str) -> None:
+        """Start a brand-new peer that joins through the first one."""
+        if name in self.addrs:
+            raise ValueError(f"{name} is already a member")
+        i = len(self.addrs)
+        self.names.append(name)
+        self.addrs[name] = (f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", 7946)
+        await self._start_node(name, seeds=[self.addrs[self.names[0]]])
+
     async def leave(self, name: str) -> None:
         with trio.move_on_after(2.0):
             await self.nodes[name].leave()

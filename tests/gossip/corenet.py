@@ -73,7 +73,7 @@ class CoreNet:
             return
         answer = self.nodes[dst].receive_state(ex.data, node.addr, self.now, respond=True)
         self._collect(dst)
-        node.receive_state(answer, ex.addr, self.now, respond=False, joining=ex.reason == "join")
+        node.receive_state(answer, ex.addr, self.now, respond=False, joining=ex.joining)
         self._collect(src)
 
     def run_until(self, t: float) -> None:

@@ -496,3 +496,51 @@ def test_a_cluster_name_is_one_to_63_characters():
         with pytest.raises(ValueError, match="cluster"):
             Swim(LOCAL, "a", ("h", 1), rng=random.Random(1), now=0.0, cluster=bad)
     assert wire.decode_packet(wire.encode_packet([], "x" * 63), "x" * 63) == []
+
+
+def test_a_peer_that_knows_nobody_retries_its_seeds_with_a_doubling_jittered_back_off():
+    a = Swim(LAN, "a", ("h", 1), rng=random.Random(3), now=0.0)
+    a.join([("h", 2), ("h", 3)], 0.0)
+    now, delays = 0.0, []
+    exchanges = a.pop_exchanges()
+    assert [e.reason for e in exchanges] == ["join", "join"] and all(e.joining for e in exchanges)
+    for _ in range(12):
+        for e in exchanges:  # neither seed is listening yet
+            a.exchange_failed(e, now)
+        assert a.stats()["join_retries"] == len(delays) + 1  # once per round, not per seed
+        retry = a._join_retry_at
+        assert retry is not None and a.next_deadline() <= retry
+        a.handle_timer(retry)
+        exchanges = a.pop_exchanges()
+        # (the reconnect tick may come along too, at reconnect_interval)
+        assert [e.reason for e in exchanges if e.reason != "reconnect"] == ["join-retry", "join-retry"]
+        delays.append(retry - now)
+        now = retry
+    for i, d in enumerate(delays):
+        nominal = min(LAN.join_retry_min * 2**i, LAN.reconnect_interval)
+        assert nominal / 2 <= d <= nominal
+    assert delays[0] <= 0.2 and max(delays) > LAN.reconnect_interval / 2
+    # The seed answers: the back-off starts again from the bottom, and nobody is retried.
+    b = Swim(LAN, "b", ("h", 2), rng=random.Random(4), now=now)
+    retries = [e for e in exchanges if e.reason == "join-retry"]
+    answer = b.receive_state(retries[0].data, a.addr, now, respond=True)
+    a.receive_state(answer, ("h", 2), now, respond=False, joining=True)
+    a.exchange_failed(retries[1], now)  # the other seed is still down: no retry, a knows b
+    assert a.stats()["join_retries"] == 12
+    assert a._join_backoff == LAN.join_retry_min
+
+
+def test_a_peer_that_knows_members_does_not_retry_on_a_failed_exchange():
+    net = CoreNet(LOCAL)
+    net.cluster(3)
+    net.run_until(3.0)
+    n1 = net.nodes["n1"]
+    n1.exchange_failed(core_exchange(n1, "anti-entropy"), net.now)
+    n1.exchange_failed(core_exchange(n1, "reconnect"), net.now)
+    assert "join_retries" not in n1.stats()
+
+
+def core_exchange(node: Swim, reason: str):
+    from gossip.core import Exchange
+
+    return Exchange(("10.0.0.1", 7946), node._encode_state(), reason)

@@ -144,3 +144,42 @@ def test_same_seed_gives_the_same_event_trace():
     assert a == b, "same seed, different hash seeds: traces must match byte for byte"
     assert a != c, "a different seed gives a different run"
     assert int(a.split()[1]) > 50
+
+
+async def test_peers_whose_seed_comes_up_a_second_late_converge_within_seconds(autojump_clock):
+    # Found on real processes (lan profile): ten peers started together, each joining through the
+    # first; a peer whose first push-pull with the seed failed waited for the reconnect tick
+    # (30 s), and the cluster converged in 32 s instead of 2 s.
+    from gossip.node import GossipNode
+    from gossip.simnet import SimNetwork
+
+    net = SimNetwork(seed=11, delay=0.001)
+    seed_addr = ("10.0.0.0", 7946)
+    nodes = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(net.run)
+        for i in range(1, 10):
+            nodes[f"m{i}"] = GossipNode(net.transport((f"10.0.0.{i}", 7946)), LAN, f"m{i}", seeds=[seed_addr], seed=i)
+            await nursery.start(nodes[f"m{i}"].run)
+        await trio.sleep(1.0)
+        nodes["m0"] = GossipNode(net.transport(seed_addr), LAN, "m0", seed=0)
+        await nursery.start(nodes["m0"].run)
+        everyone = set(nodes)
+        while not all({m.name for m in n.members() if m.state is MemberState.ALIVE} == everyone for n in nodes.values()):
+            await trio.sleep(0.1)
+        took = trio.current_time()
+        assert took < 5.0, f"converged {took:.1f} s after the start (the seed came up at 1 s)"
+        assert sum(n.stats().get("join_retries", 0) for n in nodes.values()) >= 9
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_joiner_is_known_to_every_member_within_a_few_probe_periods(autojump_clock):
+    cluster = SimCluster(30, LAN, seed=12, join_spread=3.0)
+    async with trio.open_nursery() as nursery:
+        await start(cluster, nursery)
+        await cluster.wait_converged()
+        await trio.sleep(40)  # past the first anti-entropy rounds: only gossip can spread it now
+        await cluster.add("newcomer")
+        took = await cluster.wait_all_see("newcomer", MemberState.ALIVE, step=0.05)
+        assert took <= 3 * LAN.probe_interval, f"known to all after {took:.2f} s"
+        cluster.stop()
