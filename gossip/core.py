@@ -312,10 +312,10 @@ class Swim:
         Below HEADROOM_FLOOR, always. Above it only a little above what we hold: no higher for a
         suspect or dead (the accuser must hold what it accuses), at most HEADROOM_STEP higher for an
         alive (any alive of a member we do not know), and nothing about ourselves above our own
-        incarnation. A refutation is then always
-        one step above the accusation, within the bound, and a forged message can move a member
-        up by one step at most: it can never put a live member where it cannot refute. Only
-        that message is dropped: the rest of its packet or state still counts.
+        incarnation. A refutation is then always one step above the accusation, within the bound,
+        and a forged message moves a member up one step at most: it can never put a live member
+        where it cannot refute. Only that message is dropped: the rest of its packet or state
+        still counts.
         """
         if incarnation <= HEADROOM_FLOOR:
             return True
