@@ -3,7 +3,8 @@
 What it is for: `detection_real.py` runs the `kinship` library (PyPI; a Rust SWIM core with
 Lifeguard) side by side with murmur and measures both the same way, by polling every node's
 `/members`. This script starts one node with `kinship.Config.local()` (probe 200 ms, probe
-timeout 100 ms) bound to 127.0.0.1 on a free port, joins `--seed`, writes
+timeout 100 ms; `--profile lan` for `Config.lan()`) bound to 127.0.0.1 on a free port (or
+`--bind`), joins `--seed`, writes
 `<dir>/node.json` (pid, gossip address, HTTP URL) once it is up, serves
 
     GET /health   -> {"status": "ok", "name": ...}
@@ -64,6 +65,8 @@ def main() -> int:
     ap.add_argument("--role", default="mm")
     ap.add_argument("--dir", type=Path, required=True)
     ap.add_argument("--seed", default=None, help="HOST:PORT of a node to join")
+    ap.add_argument("--bind", default="127.0.0.1:0", help="HOST:PORT to bind (default: a free port)")
+    ap.add_argument("--profile", default="local", choices=["local", "lan"], help="kinship.Config preset")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -72,9 +75,12 @@ def main() -> int:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = parse_value(value)
-    cfg = kinship.Config.local(
+    preset = kinship.Config.lan if args.profile == "lan" else kinship.Config.local
+    if args.profile == "lan":
+        overrides.setdefault("insecure_plaintext", True)  # murmur has no encryption either
+    cfg = preset(
         name=args.name,
-        bind="127.0.0.1:0",
+        bind=args.bind,
         cluster="murmur-bench",
         seeds=[args.seed] if args.seed else [],
         meta={"role": args.role},
