@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import trio
 
+from gossip.config import DEFAULT_CLUSTER
 from gossip.types import Address
 from peer.addresses import format_address
 from peer.cluster import FILE_NAME, write_cluster
@@ -90,6 +91,8 @@ class LaunchOptions:
     exposure_limit: int = 100
     # Seconds an authority lease lasts: the exchange grants it, market makers must know it.
     lease: float = 2.0
+    # The cluster's name, carried by every gossip packet: peers of another name never merge in.
+    cluster: str = DEFAULT_CLUSTER
 
 
 def peer_specs(opts: LaunchOptions) -> list[PeerSpec]:
@@ -128,6 +131,8 @@ def peer_argv(
         str(spec.data_dir),
         "--profile",
         opts.profile,
+        "--cluster",
+        opts.cluster,
         "--quiet",
     ]
     if join:
@@ -256,6 +261,7 @@ class Launcher:
             "status": status,
             "launcher_pid": os.getpid(),
             "profile": self.opts.profile,
+            "cluster": self.opts.cluster,
             "started_at": self.started_at,
             "peers": peers,
         }

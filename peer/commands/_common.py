@@ -13,7 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from gossip.config import LAN, PROFILES
+from gossip.config import LAN, MAX_CLUSTER_NAME, PROFILES
 from gossip.types import Address
 from peer.addresses import AddressError, is_unspecified, parse_address, parse_address_list
 from peer.cluster import (
@@ -75,6 +75,12 @@ def positive_seconds_arg(text: str) -> float:
     if not 0 < value < 1e9:  # also refuses nan and inf
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
+
+
+def cluster_name_arg(text: str) -> str:
+    if not 0 < len(text) <= MAX_CLUSTER_NAME:
+        raise argparse.ArgumentTypeError(f"a cluster name is 1 to {MAX_CLUSTER_NAME} characters")
+    return text
 
 
 def port_arg(text: str) -> int:

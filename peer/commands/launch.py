@@ -11,9 +11,11 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from gossip.config import DEFAULT_CLUSTER
 from peer.cluster import DEFAULT_DATA_DIR
 from peer.commands._common import (
     UsageError,
+    cluster_name_arg,
     non_negative_float,
     overrides_from,
     port_arg,
@@ -102,6 +104,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lease", type=positive_float, default=2.0,
                    help="seconds an authority lease lasts without renewal, at the exchange and in "
                    "every market maker (default: 2)")
+    p.add_argument("--cluster", type=cluster_name_arg, default=DEFAULT_CLUSTER,
+                   help="the cluster's name: every gossip packet carries it, and peers of another name "
+                   f"never merge in (default: {DEFAULT_CLUSTER})")
     p.add_argument(
         "--stop-timeout",
         type=float,
@@ -134,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         flow_rate=args.flow_rate,
         exposure_limit=args.exposure_limit,
         lease=args.lease,
+        cluster=args.cluster,
     )
     console = Console(highlight=False)
     launcher = Launcher(opts, say=lambda text: console.print(text, markup=False))

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import trio
 
-from gossip.config import MAX_CLUSTER_NAME
 from peer.addresses import format_address
 from peer.commands._common import (
     UsageError,
     address_arg,
     address_list_arg,
+    cluster_name_arg,
     node_name_arg,
     non_negative_float,
     overrides_from,
@@ -30,12 +30,6 @@ from peer.commands._common import (
 from peer.runner import ROLES, PeerOptions, run_peer
 
 NAME = "peer"
-
-
-def cluster_name_arg(text: str) -> str:
-    if not 0 < len(text) <= MAX_CLUSTER_NAME:
-        raise argparse.ArgumentTypeError(f"a cluster name is 1 to {MAX_CLUSTER_NAME} characters")
-    return text
 
 
 HELP = "run one peer in the foreground"
