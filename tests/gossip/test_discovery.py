@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from zeroconf import InterfaceChoice, IPVersion, ServiceInfo, Zeroconf
 
 from gossip.discovery import (
@@ -307,3 +309,13 @@ async def test_two_processes_find_each_other(uid):
     a, b = peers
     assert reports[a]["found"] == {b: ["127.0.0.1", peers[b]]}
     assert reports[b]["found"] == {a: ["127.0.0.1", peers[a]]}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from([b"name", b"cluster", b"port", b"version", b"other"]) | st.binary(max_size=8),
+                       st.none() | st.binary(max_size=300) | st.sampled_from([b"7", b"+7", b"7_0", b"\xff", b""])))
+def test_any_txt_record_is_read_or_refused_as_malformed_only(properties):
+    try:
+        parse_txt(properties)
+    except MalformedAdvert:
+        pass
