@@ -44,12 +44,17 @@ assert MAX_NOTIONAL < 2**53
 Error = Callable[[str, str], Exception]
 
 
-class OutOfBounds(ValueError):
-    """A value outside its field's bound (or of the wrong type); `field` names the field."""
+class FieldError(ValueError):
+    """Input refused because of one field, which `field` names. Each layer's own error type
+    (CommandError, BodyError, InvalidInput) is one of these, so every 400 has the same shape."""
 
     def __init__(self, field: str, message: str):
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class OutOfBounds(FieldError):
+    """A value outside its field's bound (or of the wrong type)."""
 
 
 def short(value: Any) -> str:

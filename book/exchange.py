@@ -30,12 +30,8 @@ QUOTE_TTL = 30.0
 LEASE_DURATION = 2.0
 
 
-class CommandError(ValueError):
+class CommandError(bounds.FieldError):
     """A command whose arguments are malformed (bad types, unknown symbol): nothing changes."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 def _int(args: dict, name: str, *, positive: bool = True) -> int:

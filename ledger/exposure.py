@@ -74,12 +74,8 @@ class Refusal(Exception):
         return out
 
 
-class InvalidInput(ValueError):
+class InvalidInput(bounds.FieldError):
     """Malformed input (a wrong type, a missing field): refused before anything runs."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 # --- input: exact types only (a float or a bool is never a quantity) ------------------------------

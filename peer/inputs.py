@@ -26,18 +26,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from book.bounds import Error, field_name, short
+from book.bounds import Error, FieldError, field_name, short
 
 MAX_DEPTH = 32
 MAX_NUMBER_LENGTH = 40
 
 
-class BodyError(ValueError):
+class BodyError(FieldError):
     """A request input that no endpoint accepts; `field` names where it is."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 class _Refused:

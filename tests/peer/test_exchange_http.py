@@ -148,21 +148,27 @@ async def test_exchange_status_reports_counters_and_tape_stats(api):
     assert body["accepted"] == 2 and body["tape"]["records"] >= 3 and body["symbols"] == ["AAPL", "MSFT"]
 
 
-async def test_orders_served_directly_answer_like_the_route_good_and_bad(tmp_path):
-    """POST /orders skips the framework on a real server (exchange_direct_routes); the answers
-    must be the route's, byte for byte in meaning, and bad input must change nothing."""
+async def serve_directly(nursery, tmp_path, symbols: list[str], shutdown: trio.Event):
+    """An exchange on a real server whose POST /orders skips the app (exchange_direct_routes)."""
     from peer.exchange_http import exchange_direct_routes
     from peer.http import serve_http
 
-    service = ExchangeService(tmp_path, symbols=["AAPL", "MSFT"], lease_duration=5.0)
+    service = ExchangeService(tmp_path, symbols=symbols, lease_duration=5.0)
+    await nursery.start(service.run)
+    app = create_app(PeerHandle(role="exchange", profile="local", node=FakeNode("exchange")), exchange_routes())
+    app.state.exchange = service
+    url = await nursery.start(
+        lambda task_status: serve_http(app, ("127.0.0.1", 0), shutdown, direct=exchange_direct_routes(service),
+                                       task_status=task_status))
+    return service, app, url
+
+
+async def test_orders_served_directly_answer_like_the_route_good_and_bad(tmp_path):
+    """POST /orders skips the framework on a real server (exchange_direct_routes); the answers
+    must be the route's, byte for byte in meaning, and bad input must change nothing."""
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-        app = create_app(PeerHandle(role="exchange", profile="local", node=FakeNode("exchange")), exchange_routes())
-        app.state.exchange = service
-        url = await nursery.start(
-            lambda task_status: serve_http(app, ("127.0.0.1", 0), shutdown, direct=exchange_direct_routes(service),
-                                           task_status=task_status))
+        service, app, url = await serve_directly(nursery, tmp_path, ["AAPL", "MSFT"], shutdown)
         async with httpx.AsyncClient(base_url=url) as c:
             order = {"order_id": "d1", "symbol": "AAPL", "side": "buy", "type": "limit", "quantity": 2,
                      "limit_price": 100}
@@ -288,18 +294,9 @@ async def test_a_quote_at_the_bounds_over_http(api):
 
 async def test_hostile_orders_through_the_direct_route_of_a_real_server(tmp_path):
     """POST /orders skips the app on a real server: the same strict decoder and the same 400s."""
-    from peer.exchange_http import exchange_direct_routes
-    from peer.http import serve_http
-
-    service = ExchangeService(tmp_path, symbols=["AAPL"], lease_duration=5.0)
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-        app = create_app(PeerHandle(role="exchange", profile="local", node=FakeNode("exchange")), exchange_routes())
-        app.state.exchange = service
-        url = await nursery.start(
-            lambda task_status: serve_http(app, ("127.0.0.1", 0), shutdown, direct=exchange_direct_routes(service),
-                                           task_status=task_status))
+        service, app, url = await serve_directly(nursery, tmp_path, ["AAPL"], shutdown)
         good = '{"order_id": "d1", "symbol": "AAPL", "side": "buy", "quantity": 1, "limit_price": 1'
         async with httpx.AsyncClient(base_url=url) as c:
             for raw, field in ((b"[" * 1000 + b"]" * 1000, "body"),
