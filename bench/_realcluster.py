@@ -737,7 +737,7 @@ async def view(client: httpx.AsyncClient, peer: Peer) -> dict[str, dict] | None:
     """`/members` of one peer by member name, or None if it does not answer."""
     for attempt in (1, 2):
         try:
-            r = await client.get(f"{peer.http}/members")
+            r = await client.get(f"{peer.http.endpoints}/members")
             r.raise_for_status()
             return {row["name"]: row for row in r.json()}
         except _STALE_CONNECTION:

@@ -1,8 +1,8 @@
 """Orders per second through the exchange's HTTP API, and the cost of a market maker's call.
 
 Method: one real exchange process (`murmur peer --role exchange`, its own flow off, tape on the
-local disk with group commit) on 127.0.0.1; this process runs the load client (`peer.loadgen`:
-`peer.http_client` over keep-alive connections, the seeded external flow) at each concurrency for
+local disk with group commit) on 127.0.0.1; this process runs the load client (`peer.tools.loadgen`:
+`peer.http.client` over keep-alive connections, the seeded external flow) at each concurrency for
 `--duration` seconds and reports orders/s and latency percentiles, measured from request sent to
 answer read. Then the peer-to-peer interface a market maker uses (HTTP/JSON: claim once, then
 `PUT /quotes/{symbol}` replaces, one at a time) is timed the same way. Both sides share the
@@ -30,8 +30,8 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from peer.http_client import HttpClient  # noqa: E402
-from peer.loadgen import run_load  # noqa: E402
+from peer.http.client import HttpClient  # noqa: E402
+from peer.tools.loadgen import run_load  # noqa: E402
 
 SYMBOLS = ["AAPL", "AMZN", "GOOG", "META", "MSFT", "NFLX", "NVDA", "TSLA"]
 

@@ -2,7 +2,7 @@
 
 Method: one small Starlette app (`POST /echo`: parse a JSON body, answer a JSON object, like the
 exchange's order endpoint without the book) is served in a child process by each server in
-turn: `peer.http_server` (what peers run) and hypercorn 0.18 on trio (what they ran before; a
+turn: `peer.http.server` (what peers run) and hypercorn 0.18 on trio (what they ran before; a
 bench extra). A second child process is the load client: 8 workers on keep-alive connections,
 each sending a request and reading the answer, hand-written on raw trio streams so that the
 client is as cheap as it can be and the server is what is measured. For each server it reports
@@ -38,7 +38,7 @@ async def echo(request):
 app = Starlette(routes=[Route("/echo", echo, methods=["POST"])])
 kind, port = sys.argv[1], int(sys.argv[2])
 if kind == "murmur":
-    from peer.http_server import HttpServer
+    from peer.http.server import HttpServer
     trio.run(lambda: HttpServer(app).serve(("127.0.0.1", port), trio.Event()))
 else:
     import hypercorn.trio

@@ -4,7 +4,7 @@ Method:
 
 1. Throughput. One real ledger process (`murmur peer --role ledger`, SQLite in WAL mode with
    synchronous=FULL, group commit) on 127.0.0.1. This process runs C concurrent clients (trio +
-   `peer.http_client`, keep-alive: the client the exchange's outbox uses), each POSTing `{"fills": [...]}` batches of B new fills to `/fills` as fast
+   `peer.http.client`, keep-alive: the client the exchange's outbox uses), each POSTing `{"fills": [...]}` batches of B new fills to `/fills` as fast
    as the answers come, for `--duration` seconds. A fill counts once its 200 answer is read: it
    is then committed and fsynced. `/ledger` before and after gives the commits, so fills per
    commit (per fsync) is printed too. The clients share the machine's cores with the ledger.
@@ -49,7 +49,7 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ledger.store import DB_FILE, LedgerStore  # noqa: E402
-from peer.http_client import HttpClient  # noqa: E402
+from peer.http.client import HttpClient  # noqa: E402
 
 SYMBOLS = ["AAPL", "AMZN", "GOOG", "META", "MSFT", "NFLX", "NVDA", "TSLA"]
 

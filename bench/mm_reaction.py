@@ -65,7 +65,7 @@ from _realcluster import (  # noqa: E402
     ts_of,
 )
 
-from peer.tape import TapeReader  # noqa: E402
+from peer.exchange.tape import TapeReader  # noqa: E402
 
 LOG_RESOLUTION_FIX = 0.0005  # log `ts` is truncated to the millisecond
 

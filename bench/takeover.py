@@ -5,7 +5,7 @@ own external flow on at `--flow-rate`; every time below is wall clock of this on
 tape's `at` is the exchange's `time.time()`, log `ts` is ISO 8601 with milliseconds):
 
 - **kill** (`--peers` market makers, default 5, 8 symbols): wait until the exchange's
-  `GET /quotes` shows every symbol quoted by its rendezvous owner (`peer.rendezvous.assignment`
+  `GET /quotes` shows every symbol quoted by its rendezvous owner (`peer.market_maker.rendezvous.assignment`
   over the market makers alive), wait `--settle` s, pick a market maker that holds at least one
   symbol (rotating over the holders), and SIGKILL it. For each of its symbols, from the tape
   afterwards: the first accepted `put_quote` with reason `activated` by the symbol's new owner
@@ -72,8 +72,8 @@ from _realcluster import (  # noqa: E402
     ts_of,
 )
 
-from peer.rendezvous import assignment  # noqa: E402
-from peer.tape import TapeReader  # noqa: E402
+from peer.exchange.tape import TapeReader  # noqa: E402
+from peer.market_maker.rendezvous import assignment  # noqa: E402
 
 POLL = 0.05
 

@@ -31,7 +31,7 @@ from gossip.identity import Identity, IdentityStore
 from gossip.types import Address
 from peer.addresses import format_address, http_url, is_unspecified
 from peer.dirlock import lock_directory
-from peer.http import PeerHandle, create_app, serve_http
+from peer.http.endpoints import PeerHandle, create_app, serve_http
 from peer.logs import JsonLog, wall_iso
 from peer.roles import RoleDirectory
 
@@ -171,16 +171,16 @@ async def _run_peer(
                 extra_routes, exchange, ledger = [], None, None
                 if opts.role == "exchange":
                     exchange = await _start_exchange(nursery, opts, data_dir, handle, log)
-                    from peer.exchange_http import exchange_routes
+                    from peer.exchange.api import exchange_routes
 
                     extra_routes = exchange_routes()
                 elif opts.role == "ledger":
                     ledger = await _start_ledger(nursery, opts, data_dir, handle, log)
-                    from peer.ledger_http import ledger_routes
+                    from peer.ledger.api import ledger_routes
 
                     extra_routes = ledger_routes()
                 elif opts.role == "mm":
-                    from peer.mm_http import mm_routes
+                    from peer.market_maker.api import mm_routes
 
                     extra_routes = mm_routes()
 
@@ -190,7 +190,7 @@ async def _run_peer(
                 app.state.ledger = ledger
                 direct = None
                 if exchange is not None:
-                    from peer.exchange_http import exchange_direct_routes
+                    from peer.exchange.api import exchange_direct_routes
 
                     direct = exchange_direct_routes(exchange)
                 bound_url = await nursery.start(
@@ -275,8 +275,8 @@ async def _run_peer(
 
 async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: PeerHandle, log: JsonLog):
     from gossip.types import MemberState
-    from peer.exchange_service import ExchangeService
-    from peer.outbox import deliver_fills
+    from peer.exchange.outbox import deliver_fills
+    from peer.exchange.service import ExchangeService
 
     def is_alive(name: str) -> bool:
         # The exchange's own membership view decides whether a holder is gone (claim rule).
@@ -310,7 +310,7 @@ async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: Pe
 
 
 async def _start_ledger(nursery, opts: PeerOptions, data_dir: Path, handle: PeerHandle, log: JsonLog):
-    from peer.ledger_service import LedgerService
+    from peer.ledger.service import LedgerService
 
     # Opening checks the database before anything is served; a damaged one raises
     # LedgerDamaged here, and the peer does not start.
@@ -320,9 +320,9 @@ async def _start_ledger(nursery, opts: PeerOptions, data_dir: Path, handle: Peer
 
 
 async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: JsonLog, handle: PeerHandle):
-    from peer.mm_authority import AuthorityConfig
-    from peer.mm_service import MarketMakerService
-    from peer.quoting import PlannerConfig, QuoteConfig
+    from peer.market_maker.authority import AuthorityConfig
+    from peer.market_maker.quoting import PlannerConfig, QuoteConfig
+    from peer.market_maker.service import MarketMakerService
 
     service = MarketMakerService(
         name,

@@ -16,7 +16,7 @@ from typing import Any
 from gossip.config import LAN, MAX_CLUSTER_NAME, PROFILES
 from gossip.types import Address
 from peer.addresses import AddressError, is_unspecified, parse_address, parse_address_list
-from peer.cluster import (
+from peer.tools.cluster_file import (
     ClusterFileError,
     default_cluster_path,
     normalize_url,
@@ -197,7 +197,7 @@ def single_leaf(exc: BaseException) -> BaseException:
 
 
 def symbols_arg(text: str) -> list[str]:
-    from peer.exchange_service import parse_symbols
+    from peer.exchange.service import parse_symbols
 
     try:
         return parse_symbols(text)

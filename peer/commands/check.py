@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peer.check import DELIVERY_BOUND, Verdict, check_ledger, check_tape
 from peer.commands._common import UsageError, positive_int_arg, positive_seconds_arg
-from peer.tape import CorruptTape, NotATape, TapeReader
+from peer.exchange.tape import CorruptTape, NotATape, TapeReader
+from peer.tools.checker import DELIVERY_BOUND, Verdict, check_ledger, check_tape
 
 NAME = "check"
 HELP = "check a cluster's invariants from the exchange's tape and the ledger's database"

@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--rate must be above 0, got {args.rate}")
     import trio
 
-    from peer.exchange_service import parse_symbols
-    from peer.loadgen import run_load
+    from peer.exchange.service import parse_symbols
+    from peer.tools.loadgen import run_load
 
     try:
         symbols = parse_symbols(args.symbols)

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 from gossip.config import DEFAULT_CLUSTER
-from peer.cluster import DEFAULT_DATA_DIR
 from peer.commands._common import (
     UsageError,
     cluster_name_arg,
@@ -27,6 +26,7 @@ from peer.commands._common import (
     symbols_arg,
 )
 from peer.dirlock import DirectoryInUse, lock_directory
+from peer.tools.cluster_file import DEFAULT_DATA_DIR
 
 NAME = "launch"
 HELP = "start N market makers + an exchange + a ledger on 127.0.0.1"
@@ -117,7 +117,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peer.launcher import Launcher, LaunchError, LaunchOptions
+    from peer.tools.launcher import Launcher, LaunchError, LaunchOptions
 
     if args.peers > MAX_PEERS:
         raise UsageError(f"--peers must be at most {MAX_PEERS}, got {args.peers}")

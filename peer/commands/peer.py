@@ -183,8 +183,8 @@ def options_from(args: argparse.Namespace) -> PeerOptions:
 
 def _refusals() -> tuple[type[BaseException], ...]:
     from ledger.store import LedgerDamaged
-    from peer.exchange_service import TapeDivergence
-    from peer.tape import TapeError
+    from peer.exchange.service import TapeDivergence
+    from peer.exchange.tape import TapeError
 
     return (LedgerDamaged, TapeDivergence, TapeError)
 
@@ -192,7 +192,7 @@ def _refusals() -> tuple[type[BaseException], ...]:
 def run(args: argparse.Namespace) -> int:
     opts = options_from(args)
     if opts.role == "mm":
-        from peer.mm_authority import AuthorityConfig
+        from peer.market_maker.authority import AuthorityConfig
 
         try:
             AuthorityConfig(lease_duration=opts.lease)

@@ -1,4 +1,4 @@
-"""`murmur tape`: replay, filter and summarise the exchange's event tape (`peer/tape.py`)."""
+"""`murmur tape`: replay, filter and summarise the exchange's event tape (`peer/exchange/tape/__init__.py`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from peer.commands._common import UsageError, positive_int_arg
-from peer.tape import HEADER_SIZE, RUNBOOK, VERSION, CorruptTape, NotATape, TapeReader, TornTail
+from peer.exchange.tape import (
+    HEADER_SIZE,
+    RUNBOOK,
+    VERSION,
+    CorruptTape,
+    NotATape,
+    TapeReader,
+    TornTail,
+)
 
 NAME = "tape"
 HELP = "replay, filter and summarise the exchange's event tape"

@@ -178,7 +178,7 @@ def test_a_fill_that_would_take_a_position_past_its_bound_is_refused_and_changes
 
 @pytest.mark.parametrize("text", ["AAPL,ÄPFEL", "AAPL," + "A" * 17, "BRK.B", "AAPL,AAPL", ""])
 def test_the_exchange_command_line_takes_only_symbols_within_the_bound(text):
-    from peer.exchange_service import parse_symbols
+    from peer.exchange.service import parse_symbols
 
     with pytest.raises(ValueError, match="symbols"):
         parse_symbols(text)

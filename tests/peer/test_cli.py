@@ -11,9 +11,9 @@ import pytest
 import trio
 
 from peer.cli import main
-from peer.cluster import write_cluster
 from peer.commands.members import format_serf
-from peer.http import PeerHandle, create_app, serve_http
+from peer.http.endpoints import PeerHandle, create_app, serve_http
+from peer.tools.cluster_file import write_cluster
 
 from .fakes import FakeNode
 

@@ -19,7 +19,7 @@ from gossip.config import PROTOCOL_VERSION, profile
 from gossip.node import GossipNode
 from gossip.udp import UdpTransport
 from peer.addresses import parse_address
-from peer.http import serve_http
+from peer.http.endpoints import serve_http
 
 from .cluster_helpers import eventually, launched, pid_alive
 

@@ -2,7 +2,7 @@
 
 Each scenario runs `murmur launch` (market makers, the exchange with its flow, the ledger) and
 reads the exchange's `GET /authority` and `GET /quotes`, the fenced truth. Owners are computed
-with `peer.rendezvous` over the market makers that should be alive, so the test states who must
+with `peer.market_maker.rendezvous` over the market makers that should be alive, so the test states who must
 hold what, not merely that someone does.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from peer.rendezvous import assignment
-from peer.tape import TapeReader, TapeWriterSync
+from peer.exchange.tape import TapeReader, TapeWriterSync
+from peer.market_maker.rendezvous import assignment
 
 from .cluster_helpers import CLI, Cluster, eventually, launched, log_lines
 

@@ -149,7 +149,7 @@ class FakeExchange:
 
 
 class FakeLedger:
-    """`GET /positions` and `GET /exposure`, as peer/ledger_http.py answers them."""
+    """`GET /positions` and `GET /exposure`, as peer/ledger/api.py answers them."""
 
     def __init__(self, *, bare_list: bool = False) -> None:
         self.bare_list = bare_list

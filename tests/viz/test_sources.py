@@ -9,11 +9,11 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from peer.exchange_http import exchange_routes
-from peer.exchange_service import ExchangeService
-from peer.http import PeerHandle, create_app
-from peer.ledger_http import ledger_routes
-from peer.ledger_service import LedgerService
+from peer.exchange.api import exchange_routes
+from peer.exchange.service import ExchangeService
+from peer.http.endpoints import PeerHandle, create_app
+from peer.ledger.api import ledger_routes
+from peer.ledger.service import LedgerService
 from tests.peer.fakes import FakeNode
 from viz.sources import POLL_DEADLINE, locate, poll_exchange, poll_ledger, poll_sources_forever
 from viz.trading import TradingState

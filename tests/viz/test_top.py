@@ -8,7 +8,7 @@ import socket
 import trio
 from rich.console import Console
 
-from peer.http import PeerHandle, create_app, serve_http
+from peer.http.endpoints import PeerHandle, create_app, serve_http
 from tests.peer.fakes import FakeNode
 from viz.top import TopState, render, run_top
 

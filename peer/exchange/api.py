@@ -1,0 +1,251 @@
+"""The exchange's HTTP/JSON API: orders, quotes, authority, prices, fills.
+
+What it is for: the seeds' endpoints (`POST /orders`, `DELETE /orders/{order_id}`,
+`PUT /quotes/{symbol}`, `GET /quotes/{symbol}`, `GET /prices`, `GET /fills`, `GET /authority`)
+and the market makers' peer-to-peer calls over the same transport (`POST
+/authority/{symbol}/claim|renew|release`, `DELETE /quotes/{symbol}`, and `GET /fills?after=N&wait=S`,
+a long poll that pushes fills as they happen). It must never change state except through
+`ExchangeService.command`, and never answer a malformed request with anything but a 4xx JSON
+error naming the field (nothing changes then).
+
+Status codes: 200/201 accepted; 409 well-formed but refused by the rules (stale epoch, held,
+conflict...), with `reason`; 400 malformed, with `field`; 404 unknown symbol or order.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from book import bounds
+from book.exchange import CommandError
+from peer.exchange.service import ExchangeService
+from peer.http import inputs
+
+MAX_BODY = 64 * 1024
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    return _parse_body(await request.body())
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    """A command's JSON object, through the strict decoder (peer/http/inputs.py): deep nesting, NaN,
+    overflowing or endless numbers are refused here, each naming where it is."""
+    if len(raw) > MAX_BODY:
+        raise CommandError("body", f"larger than {MAX_BODY} bytes")
+    if not raw:
+        return {}
+    data = inputs.loads(raw, error=CommandError)
+    if not isinstance(data, dict):
+        raise CommandError("body", "must be a JSON object")
+    return data
+
+
+def _service(request: Request) -> ExchangeService:
+    return request.app.state.exchange
+
+
+def _symbol(request: Request) -> str | None:
+    symbol = request.path_params["symbol"]
+    core = _service(request).core
+    return symbol if core is not None and symbol in core.books else None
+
+
+async def _run(request: Request, kind: str, args: dict[str, Any], ok_status: int = 200) -> Response:
+    status, answer = await _command(_service(request), kind, args, ok_status)
+    return JSONResponse(answer, status_code=status)
+
+
+async def _command(service: ExchangeService, kind: str, args: dict[str, Any], ok_status: int) -> tuple[int, dict]:
+    """Run a command; the status and body of its answer."""
+    if service.core is None:
+        return 503, {"error": "exchange is starting: replaying its tape"}
+    try:
+        answer = await service.command(kind, args)
+    except CommandError as exc:
+        return 400, {"error": str(exc), "field": exc.field}
+    if answer["accepted"]:
+        return ok_status, answer
+    if answer["reason"] in ("unknown-order",):
+        return 404, answer
+    if kind == "submit_order" and answer["reason"] == "no-liquidity":
+        return 200, answer  # a valid order that found nothing to match
+    return 409, answer
+
+
+_ORDER_FIELDS = ("order_id", "symbol", "side", "type", "quantity", "limit_price")
+_QUOTE_FIELDS = ("holder", "epoch", "seq", "quote_id", "bid_price", "bid_quantity", "ask_price", "ask_quantity",
+                 "reservation_id")
+
+
+def _only(body: dict, allowed: tuple[str, ...]) -> dict:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise CommandError(bounds.field_name(unknown[0]), f"unknown field; allowed: {', '.join(allowed)}")
+    return body
+
+
+async def submit_order(service: ExchangeService, raw: bytes) -> tuple[int, dict]:
+    """`POST /orders`, from the raw body: shared by the route and the direct handler."""
+    try:
+        body = _only(_parse_body(raw), _ORDER_FIELDS)
+    except CommandError as exc:
+        return 400, {"error": str(exc), "field": exc.field}
+    if "order_id" not in body:
+        return 400, {"error": "order_id: required (it makes a retried POST safe)", "field": "order_id"}
+    return await _command(service, "submit_order", body, 201)
+
+
+async def post_order(request: Request) -> Response:
+    status, answer = await submit_order(_service(request), await request.body())
+    return JSONResponse(answer, status_code=status)
+
+
+def exchange_direct_routes(service: ExchangeService) -> dict[tuple[str, bytes], Any]:
+    """The order entry point served without the framework (`peer.http.server`): the route with
+    the most traffic, measured at about a fifth of the server's cost per order in docs/BENCH.md."""
+
+    async def orders(raw: bytes) -> tuple[int, bytes]:
+        status, answer = await submit_order(service, raw)
+        return status, json.dumps(answer, separators=(",", ":")).encode()
+
+    return {("POST", b"/orders"): orders}
+
+
+async def delete_order(request: Request) -> Response:
+    return await _run(request, "cancel_order", {"order_id": request.path_params["order_id"]})
+
+
+async def put_quote(request: Request) -> Response:
+    symbol = _symbol(request)
+    if symbol is None:
+        return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
+    try:
+        body = _only(await _body(request), _QUOTE_FIELDS)
+    except CommandError as exc:
+        return _error(400, str(exc), field=exc.field)
+    return await _run(request, "put_quote", {**body, "symbol": symbol})
+
+
+async def delete_quote(request: Request) -> Response:
+    symbol = _symbol(request)
+    if symbol is None:
+        return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
+    try:
+        body = _only(await _body(request), ("holder", "epoch", "seq"))
+    except CommandError as exc:
+        return _error(400, str(exc), field=exc.field)
+    return await _run(request, "cancel_quote", {**body, "symbol": symbol})
+
+
+async def get_quote(request: Request) -> Response:
+    symbol = _symbol(request)
+    if symbol is None:
+        return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
+    service = _service(request)
+    return JSONResponse({"symbol": symbol, "quote": service.core.quote_view(symbol, service.clock())})
+
+
+async def get_quotes(request: Request) -> Response:
+    service = _service(request)
+    now = service.clock()
+    return JSONResponse({"quotes": [q.to_json(now) for q in service.core.active_quotes.values()]})
+
+
+def _authority_op(kind: str):
+    async def handler(request: Request) -> Response:
+        symbol = _symbol(request)
+        if symbol is None:
+            return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
+        try:
+            body = _only(await _body(request), ("holder", "epoch"))
+        except CommandError as exc:
+            return _error(400, str(exc), field=exc.field)
+        return await _run(request, kind, {**body, "symbol": symbol})
+
+    return handler
+
+
+async def get_authority(request: Request) -> Response:
+    service = _service(request)
+    now = service.clock()
+    return JSONResponse({"authority": [a.to_json(now) for a in service.core.authority.all()]})
+
+
+async def get_prices(request: Request) -> Response:
+    service = _service(request)
+    return JSONResponse({"prices": {s: service.price(s) for s in service.core.symbols}, "at": service.clock()})
+
+
+async def get_price(request: Request) -> Response:
+    symbol = _symbol(request)
+    if symbol is None:
+        return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
+    service = _service(request)
+    return JSONResponse({"symbol": symbol, "price": service.price(symbol), "at": service.clock()})
+
+
+async def get_fills(request: Request) -> Response:
+    """Fills after a sequence number; with `wait`, hold the request until one arrives (a push)."""
+    service = _service(request)
+    params = request.query_params
+    try:
+        inputs.known_query(params, ("after", "limit", "wait", "symbol"), error=CommandError)
+        after = inputs.query_int(params, "after", 0, 0, bounds.MAX_COUNT, error=CommandError)
+        limit = inputs.query_int(params, "limit", 1000, 1, 10_000, error=CommandError)
+        wait = inputs.query_seconds(params, "wait", 0.0, 60.0, error=CommandError)
+        symbol = params.get("symbol")
+        if symbol is not None:
+            symbol = bounds.symbol(symbol, error=CommandError)
+    except CommandError as exc:
+        return _error(400, str(exc), field=exc.field)
+    fills = service.core.fills_after(after, limit)
+    if not fills and wait > 0:
+        with trio.move_on_after(wait):
+            while not fills:
+                await service.fill_added.wait()
+                fills = service.core.fills_after(after, limit)
+    out = [f.to_json() for f in fills if symbol is None or f.symbol == symbol]
+    last = fills[-1].seq if fills else after
+    return JSONResponse({"fills": out, "next_after": last, "total": len(service.core.fills)})
+
+
+async def get_book(request: Request) -> Response:
+    symbol = _symbol(request)
+    if symbol is None:
+        return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
+    return JSONResponse({"symbol": symbol, **_service(request).core.books[symbol].depth(10)})
+
+
+async def get_exchange_status(request: Request) -> Response:
+    return JSONResponse(_service(request).status())
+
+
+def exchange_routes() -> list[Route]:
+    return [
+        Route("/orders", post_order, methods=["POST"]),
+        Route("/orders/{order_id}", delete_order, methods=["DELETE"]),
+        Route("/quotes", get_quotes, methods=["GET"]),
+        Route("/quotes/{symbol}", put_quote, methods=["PUT"]),
+        Route("/quotes/{symbol}", get_quote, methods=["GET"]),
+        Route("/quotes/{symbol}", delete_quote, methods=["DELETE"]),
+        Route("/authority", get_authority, methods=["GET"]),
+        Route("/authority/{symbol}/claim", _authority_op("claim"), methods=["POST"]),
+        Route("/authority/{symbol}/renew", _authority_op("renew"), methods=["POST"]),
+        Route("/authority/{symbol}/release", _authority_op("release"), methods=["POST"]),
+        Route("/prices", get_prices, methods=["GET"]),
+        Route("/prices/{symbol}", get_price, methods=["GET"]),
+        Route("/fills", get_fills, methods=["GET"]),
+        Route("/book/{symbol}", get_book, methods=["GET"]),
+        Route("/exchange", get_exchange_status, methods=["GET"]),
+    ]

@@ -1,0 +1,1 @@
+"""HTTP plumbing every role shares: the server, the client, the common endpoints, request validation."""

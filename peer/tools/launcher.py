@@ -1,0 +1,358 @@
+"""Start a whole cluster on 127.0.0.1, one OS process a peer, and stop it without leftovers.
+
+What it is for: `murmur launch`. It starts N market makers (`mm-1`..`mm-N`), an `exchange` and a
+`ledger`, each `python -m peer.cli peer ...` with its own data directory `<data-dir>/<name>`;
+the first peer is the seed the others join through. Once every peer answers `/health` it
+writes `<data-dir>/cluster.json`. On SIGINT/SIGTERM/SIGHUP it sends SIGTERM to every peer (each
+leaves gracefully), waits, and SIGKILLs whatever is left. Children also get SIGTERM from the
+kernel if the launcher dies (Linux `PR_SET_PDEATHSIG`).
+
+What it must never do: leave a process behind, or act as a coordinator: once started, peers
+find each other by gossip only, and a launcher that stops watching changes nothing for them.
+
+Why `subprocess.Popen` on the trio thread and not `trio.lowlevel.open_process`: trio spawns
+from a worker thread, and PR_SET_PDEATHSIG fires when the *thread* that forked exits, so trio's
+idle worker threads would kill every peer about ten seconds after launch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from gossip.config import DEFAULT_CLUSTER
+from gossip.types import Address
+from peer.addresses import format_address
+from peer.logs import wall_iso
+from peer.runner import read_peer_file
+from peer.tools.cluster_file import FILE_NAME, write_cluster
+
+HOST = "127.0.0.1"
+PR_SET_PDEATHSIG = 1
+POLL = 0.05
+
+
+class LaunchError(Exception):
+    """A peer did not come up; the message says which and where its output is."""
+
+
+@dataclass
+class PeerSpec:
+    name: str
+    role: str
+    data_dir: Path
+    bind: Address
+    http: Address
+
+
+@dataclass
+class Child:
+    spec: PeerSpec
+    popen: subprocess.Popen
+    argv: list[str]
+    stderr_path: Path
+    info: dict[str, Any] | None = None  # peer.json once the peer is up
+    exit_reported: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+@dataclass
+class LaunchOptions:
+    peers: int
+    data_dir: Path
+    profile: str = "local"
+    base_port: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    startup_timeout: float = 30.0
+    stop_timeout: float = 5.0
+    python: str = sys.executable
+    # The exchange's market: its symbols, the seed of prices and flow, external orders per second.
+    symbols: list[str] | None = None
+    market_seed: int = 1
+    flow_rate: float = 20.0
+    # The ledger's global exposure limit, each side.
+    exposure_limit: int = 100
+    # Seconds an authority lease lasts: the exchange grants it, market makers must know it.
+    lease: float = 2.0
+    # The cluster's name, carried by every gossip packet: peers of another name never merge in.
+    cluster: str = DEFAULT_CLUSTER
+
+
+def peer_specs(opts: LaunchOptions) -> list[PeerSpec]:
+    """mm-1 first (the seed), then the other market makers, the exchange and the ledger."""
+    names = [(f"mm-{i}", "mm") for i in range(1, opts.peers + 1)]
+    names += [("exchange", "exchange"), ("ledger", "ledger")]
+    specs = []
+    # Absolute, so that the restart commands in cluster.json work from any directory.
+    root = opts.data_dir.resolve()
+    for i, (name, role) in enumerate(names):
+        if opts.base_port is None:
+            bind, http = (HOST, 0), (HOST, 0)
+        else:
+            bind, http = (HOST, opts.base_port + 2 * i), (HOST, opts.base_port + 2 * i + 1)
+        specs.append(PeerSpec(name, role, root / name, bind, http))
+    return specs
+
+
+def peer_argv(
+    opts: LaunchOptions, spec: PeerSpec, bind: Address, http: Address, join: list[Address]
+) -> list[str]:
+    argv = [
+        opts.python,
+        "-m",
+        "peer.cli",
+        "peer",
+        "--role",
+        spec.role,
+        "--name",
+        spec.name,
+        "--bind",
+        format_address(bind),
+        "--http",
+        format_address(http),
+        "--data-dir",
+        str(spec.data_dir),
+        "--profile",
+        opts.profile,
+        "--cluster",
+        opts.cluster,
+        "--quiet",
+    ]
+    if join:
+        argv += ["--join", ",".join(format_address(a) for a in join)]
+    for key, value in opts.overrides.items():
+        argv += ["--set", f"{key}={value}"]
+    if spec.role in ("exchange", "mm"):
+        argv += ["--lease", str(opts.lease)]
+    if spec.role == "exchange":
+        argv += ["--market-seed", str(opts.market_seed), "--flow-rate", str(opts.flow_rate)]
+        if opts.symbols:
+            argv += ["--symbols", ",".join(opts.symbols)]
+    if spec.role == "ledger":
+        argv += ["--exposure-limit", str(opts.exposure_limit)]
+    return argv
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """preexec_fn: ask the kernel for SIGTERM when the launcher dies (Linux only)."""
+
+    def preexec() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            return  # not Linux: the launcher's own clean-up is all there is
+        if os.getppid() != parent_pid:  # the launcher died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+class Launcher:
+    def __init__(self, opts: LaunchOptions, *, say: Callable[[str], None] = print) -> None:
+        self.opts = opts
+        self.say = say
+        self.children: list[Child] = []
+        self.cluster_path = opts.data_dir / FILE_NAME
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def spawn(self, spec: PeerSpec, join: list[Address]) -> Child:
+        spec.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = peer_argv(self.opts, spec, spec.bind, spec.http, join)
+        stderr_path = spec.data_dir / "stderr.log"
+        with open(stderr_path, "ab") as err:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=False,
+                preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
+            )
+        child = Child(spec, popen, argv, stderr_path)
+        self.children.append(child)
+        return child
+
+    async def wait_up(self, child: Child, client: httpx.AsyncClient) -> None:
+        """Until the child wrote its peer.json (this pid) and its /health says ok."""
+        deadline = trio.current_time() + self.opts.startup_timeout
+        while True:
+            if not child.alive():
+                raise LaunchError(
+                    f"{child.spec.name} exited with code {child.popen.returncode} while "
+                    f"starting:\n{_tail(child.stderr_path)}"
+                )
+            if trio.current_time() > deadline:
+                raise LaunchError(
+                    f"{child.spec.name} did not come up within {self.opts.startup_timeout:g}s; "
+                    f"see {child.stderr_path} and {child.spec.data_dir / (child.spec.name + '.log')}"
+                )
+            if child.info is None:
+                info = read_peer_file(child.spec.data_dir)
+                if info and info.get("pid") == child.pid:
+                    child.info = info
+            if child.info is not None:
+                try:
+                    r = await client.get(f"{child.info['http']}/health")
+                    if r.status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            await trio.sleep(POLL)
+
+    async def start_all(self) -> None:
+        specs = peer_specs(self.opts)
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            seed = self.spawn(specs[0], join=[])
+            await self.wait_up(seed, client)
+            seed_addr = _addr(seed.info["gossip"])
+            rest = [self.spawn(spec, join=[seed_addr]) for spec in specs[1:]]
+            async with trio.open_nursery() as nursery:
+                for child in rest:
+                    nursery.start_soon(self.wait_up, child, client)
+
+    def cluster_data(self, status: str) -> dict[str, Any]:
+        peers = []
+        gossip = [_addr(c.info["gossip"]) for c in self.children if c.info]
+        for c in self.children:
+            if c.info is None:
+                continue
+            me = _addr(c.info["gossip"])
+            # The command that restarts this peer at the same addresses, joining through any
+            # of the others (whichever is still alive).
+            restart = peer_argv(
+                self.opts,
+                c.spec,
+                me,
+                _addr(c.info["http"].split("://", 1)[1]),
+                [a for a in gossip if a != me],
+            )
+            peers.append(
+                {
+                    "name": c.spec.name,
+                    "role": c.spec.role,
+                    "pid": c.pid,
+                    "gossip": c.info["gossip"],
+                    "http": c.info["http"],
+                    "data_dir": str(c.spec.data_dir),
+                    "log": str(c.spec.data_dir / f"{c.spec.name}.log"),
+                    "restart": restart,
+                }
+            )
+        return {
+            "status": status,
+            "launcher_pid": os.getpid(),
+            "profile": self.opts.profile,
+            "cluster": self.opts.cluster,
+            "started_at": self.started_at,
+            "peers": peers,
+        }
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, on_ready: Callable[[dict[str, Any]], None] | None = None) -> int:
+        """Start, report (`on_ready(cluster)`), watch until a signal, stop. Returns 0.
+
+        Raises LaunchError (after stopping whatever did start) if a peer does not come up.
+        """
+        self.started_at = wall_iso()
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            try:
+                async with trio.open_nursery() as nursery:
+
+                    async def on_signal() -> None:
+                        async for signum in signals:
+                            self.say(f"{signal.Signals(signum).name}: stopping the cluster...")
+                            nursery.cancel_scope.cancel()
+                            return
+
+                    nursery.start_soon(on_signal)
+                    await self.start_all()
+                    cluster = self.cluster_data("running")
+                    write_cluster(self.cluster_path, cluster)
+                    if on_ready is not None:
+                        on_ready(cluster)
+                    await self.watch()
+            finally:
+                # Also on errors and on a second Ctrl-C: no peer may outlive the launcher.
+                with trio.CancelScope(shield=True):
+                    await self.stop_all()
+        return 0
+
+    async def watch(self) -> None:
+        """Report peers that exit on their own (crashed, or killed by a person); keep running."""
+        while True:
+            for c in self.children:
+                if not c.exit_reported and not c.alive():
+                    c.exit_reported = True
+                    self.say(
+                        f"{c.spec.name} (pid {c.pid}) exited with code {c.popen.returncode}; "
+                        f"the others will notice. Output: {c.stderr_path}"
+                    )
+            await trio.sleep(0.5)
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    async def stop_all(self) -> None:
+        """SIGTERM every peer (graceful leave), wait, SIGKILL leftovers, reap everything."""
+        live = [c for c in self.children if c.alive()]
+        for c in live:
+            _signal(c, signal.SIGTERM)
+        deadline = time.monotonic() + self.opts.stop_timeout
+        while any(c.alive() for c in live) and time.monotonic() < deadline:
+            await trio.sleep(POLL)
+        killed = [c for c in live if c.alive()]
+        for c in killed:
+            _signal(c, signal.SIGKILL)
+        for c in self.children:
+            try:
+                c.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.children:
+            graceful = len(live) - len(killed)
+            self.say(
+                f"stopped {len(live)} peer(s): {graceful} left gracefully"
+                + (f", {len(killed)} killed after {self.opts.stop_timeout:g}s" if killed else "")
+            )
+        if self.cluster_path.exists() and any(c.info for c in self.children):
+            write_cluster(self.cluster_path, self.cluster_data("stopped"))
+
+
+def _signal(child: Child, signum: int) -> None:
+    try:
+        child.popen.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+def _addr(text: str) -> Address:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no output in {path})"
+    tail = text.strip().splitlines()[-lines:]
+    return "\n".join("    " + line for line in tail) or f"(no output in {path})"
