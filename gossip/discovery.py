@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
-import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,12 +63,13 @@ SUBSCRIBER_BUFFER = 256
 _UNSPECIFIED_HOSTS = ("", "0.0.0.0", "::")
 _IP_VERSIONS = {"v4": IPVersion.V4Only, "v6": IPVersion.V6Only, "all": IPVersion.All}
 
-log = logging.getLogger("murmur.discovery")
+# Where discovery's decisions go: the peer's JSON-lines log (peer.logs.JsonLog), called as
+# `log(event, **fields)`. Events are named `discovery_*`.
+EventLog = Callable[..., object]
 
 
-def _log(level: int, event: str, **fields: Any) -> None:
-    if log.isEnabledFor(level):
-        log.log(level, json.dumps({"event": event, **fields}, default=str))
+def _no_log(event: str, **fields: Any) -> None:
+    return None
 
 
 class MalformedAdvert(ValueError):
@@ -229,6 +228,7 @@ class ZeroconfDiscovery:
         version: int = 1,
         interfaces: list[str] | str = "all",
         ip_version: str = "v4",
+        log: EventLog = _no_log,
     ) -> None:
         if ip_version not in _IP_VERSIONS:
             raise ValueError(
@@ -238,6 +238,9 @@ class ZeroconfDiscovery:
             raise ValueError(f"node name must be 1..{MAX_LABEL} bytes to be an mDNS instance name")
         self.name = name
         self.cluster = cluster
+        self._log = log
+        # Services of other clusters already logged once: a foreign advert repeats on every update.
+        self._foreign_logged: set[str] = set()
         self.gossip_addr = gossip_addr
         self.version = version
         self.service_name = f"{name}.{SERVICE_TYPE}"
@@ -266,6 +269,10 @@ class ZeroconfDiscovery:
         """Return once at least `n` peers are in `found`."""
         while len(self.found) < n:
             await self._changed.wait()
+
+    def next_change(self) -> trio.Event:
+        """An event set at the next change of `found` (take it before reading `found`)."""
+        return self._changed
 
     def subscribe(self) -> trio.MemoryReceiveChannel[Address]:
         """A channel yielding the address of each peer found (or moved) from now on.
@@ -316,10 +323,8 @@ class ZeroconfDiscovery:
                     "unique on the link, across clusters too"
                 ) from None
             registered = True
-            _log(
-                logging.INFO,
-                "discovery-started",
-                name=self.name,
+            self._log(
+                "discovery_started",
                 cluster=self.cluster,
                 advertised=self.advertised,
                 port=self.gossip_addr[1],
@@ -385,7 +390,7 @@ class ZeroconfDiscovery:
         try:
             info = await trio.to_thread.run_sync(request, limiter=limiter)
         except Exception as exc:  # zeroconf shutting down under us, or a loop hiccup
-            _log(logging.DEBUG, "resolve-failed", service=service, error=repr(exc))
+            self._log("discovery_resolve_failed", service=service, error=repr(exc))
             info = None
         key = service.lower()
         if self._generation.get(key) != generation:
@@ -402,12 +407,14 @@ class ZeroconfDiscovery:
                 raise MalformedAdvert(f"TXT name {advert.name!r} is not the instance name")
         except MalformedAdvert as exc:
             self.malformed += 1
-            _log(logging.WARNING, "advert-malformed", service=service, error=str(exc))
+            self._log("discovery_advert_malformed", service=service, error=str(exc))
             self._drop(key, reason="malformed")
             return
         if advert.cluster != self.cluster:
             self.foreign += 1
-            _log(logging.DEBUG, "advert-foreign", service=service, cluster=advert.cluster)
+            if key not in self._foreign_logged:
+                self._foreign_logged.add(key)
+                self._log("discovery_advert_foreign", service=service, cluster=advert.cluster)
             self._drop(key, reason="foreign")
             return
         if advert.name == self.name:
@@ -422,11 +429,9 @@ class ZeroconfDiscovery:
         if old == addr:
             return
         self.found[advert.name] = addr
-        _log(
-            logging.INFO,
-            "peer-found",
-            node=self.name,
-            peer=advert.name,
+        self._log(
+            "discovery_peer_found",
+            peer_name=advert.name,
             addr=addr,
             old=old,
             version=advert.version,
@@ -444,7 +449,7 @@ class ZeroconfDiscovery:
     def _drop(self, key: str, *, reason: str) -> None:
         peer = self._service_peer.pop(key, None)
         if peer is not None and self.found.pop(peer, None) is not None:
-            _log(logging.INFO, "peer-lost", node=self.name, peer=peer, reason=reason)
+            self._log("discovery_peer_lost", peer_name=peer, reason=reason)
             self._notify()
 
     def _notify(self) -> None:
@@ -471,12 +476,12 @@ class ZeroconfDiscovery:
                 try:
                     await trio.to_thread.run_sync(step, abandon_on_cancel=True)
                 except Exception as exc:
-                    _log(
-                        logging.WARNING, "shutdown-step-failed", step=step.__name__, error=repr(exc)
+                    self._log(
+                        "discovery_shutdown_step_failed", step=step.__name__, error=repr(exc)
                     )
             if scope.cancelled_caught:
-                _log(logging.WARNING, "shutdown-step-timeout", step=step.__name__, bound=bound)
-        _log(logging.INFO, "discovery-stopped", name=self.name)
+                self._log("discovery_shutdown_step_timeout", step=step.__name__, bound=bound)
+        self._log("discovery_stopped")
 
 
 def _host_label(name: str) -> str:

@@ -39,8 +39,6 @@ ROLES = ("mm", "exchange", "ledger")
 PEER_FILE = "peer.json"
 # Bound on the graceful leave broadcast: long enough for a few gossip rounds on a LAN.
 LEAVE_BOUND = 1.0
-# How often newly discovered addresses are handed to the node as seeds.
-DISCOVERY_POLL = 1.0
 # Once asked to stop, the process is gone within this, even if something inside stops yielding
 # to trio (then cancellation cannot reach it): a watchdog thread logs and exits hard.
 STOP_WATCHDOG = 5.0
@@ -369,21 +367,28 @@ def _advertised_url(bound_url: str, requested: Address, gossip_addr: Address) ->
 async def _start_discovery(nursery, node, opts: PeerOptions, gossip_addr: Address, log: JsonLog):
     from gossip.discovery import ZeroconfDiscovery
 
+    # Discovery logs its own decisions (discovery_started, discovery_peer_found, ...) here.
     discovery = ZeroconfDiscovery(
-        node.name, opts.cluster, gossip_addr, version=PROTOCOL_VERSION, interfaces=opts.interfaces
+        node.name,
+        opts.cluster,
+        gossip_addr,
+        version=PROTOCOL_VERSION,
+        interfaces=opts.interfaces,
+        log=log,
     )
     await nursery.start(discovery.run)
-    log("discovery_started", cluster=opts.cluster, advertised=discovery.advertised)
     nursery.start_soon(_feed_discovered_seeds, node, discovery, log)
 
 
 async def _feed_discovered_seeds(node, discovery, log: JsonLog) -> None:
-    # Polling `found` (rather than only subscribing) also re-offers a peer whose address changed.
+    # Every change of `found` re-offers what is new, so a peer whose address changed is offered
+    # again too. The event is taken before `found` is read, so no change slips between the two.
     known: dict[str, Address] = {}
     while True:
+        changed = discovery.next_change()
         fresh = {n: a for n, a in discovery.found.items() if known.get(n) != a}
         if fresh:
             known.update(fresh)
             node.add_seeds(list(fresh.values()))
             log("discovered", peers={n: format_address(a) for n, a in fresh.items()})
-        await trio.sleep(DISCOVERY_POLL)
+        await changed.wait()

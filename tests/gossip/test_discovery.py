@@ -134,7 +134,11 @@ def test_pick_host_prefers_routable_then_loopback_then_link_local():
 @pytest.mark.slow
 async def test_peers_of_one_cluster_find_each_other_and_ignore_other_clusters(uid):
     cluster = f"test-{uid}"
-    a = discovery(f"a-{uid}", cluster, 41001)
+    events: list[str] = []
+    a = ZeroconfDiscovery(
+        f"a-{uid}", cluster, ("127.0.0.1", 41001), interfaces=LOOPBACK,
+        log=lambda event, **fields: events.append(event),
+    )
     # Bound to every address: it advertises those of its chosen interfaces.
     b = ZeroconfDiscovery(f"b-{uid}", cluster, ("0.0.0.0", 41002), interfaces=LOOPBACK)
     c = discovery(f"c-{uid}", f"other-{uid}", 41003)
@@ -151,6 +155,8 @@ async def test_peers_of_one_cluster_find_each_other_and_ignore_other_clusters(ui
     assert b.found == {f"a-{uid}": ("127.0.0.1", 41001)}
     assert c.found == {}
     assert a.malformed == b.malformed == 0
+    # However often c's advert is seen, it is logged once.
+    assert events.count("discovery_advert_foreign") == 1
 
 
 @pytest.mark.slow
@@ -177,7 +183,11 @@ async def test_subscribe_yields_each_newly_found_peer_address(uid):
 @pytest.mark.slow
 async def test_cancelled_peer_says_goodbye_and_is_dropped(uid):
     cluster = f"test-{uid}"
-    a = discovery(f"a-{uid}", cluster, 41021)
+    events: list[tuple[str, dict]] = []
+    a = ZeroconfDiscovery(
+        f"a-{uid}", cluster, ("127.0.0.1", 41021), interfaces=LOOPBACK,
+        log=lambda event, **fields: events.append((event, fields)),
+    )
     b = discovery(f"b-{uid}", cluster, 41022)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -191,6 +201,13 @@ async def test_cancelled_peer_says_goodbye_and_is_dropped(uid):
             await wait_until(lambda: f"b-{uid}" not in a.found)
             nursery.cancel_scope.cancel()
     assert a.found == {}
+    # Each decision went to the log it was given (a peer passes its JSON-lines log).
+    names = [e for e, _ in events]
+    assert names[0] == "discovery_started" and names[-1] == "discovery_stopped"
+    found = names.index("discovery_peer_found")
+    lost = names.index("discovery_peer_lost")
+    assert found < lost
+    assert events[found][1]["peer_name"] == events[lost][1]["peer_name"] == f"b-{uid}"
 
 
 @pytest.mark.slow

@@ -219,6 +219,13 @@ async def test_discover_peers_with_no_seeds_find_each_other_over_mdns_on_loopbac
                     return ok, {k: sorted(v) if v else None for k, v in all_views.items()}
 
                 await eventually(all_see_all, 20, "every --discover peer sees the others alive")
+        # Discovery's decisions are in each peer's own JSON-lines log, with `ts` and `peer`.
+        for name in names:
+            lines = [json.loads(line) for line in (tmp_path / name / f"{name}.log").read_text().splitlines()]
+            found = [r for r in lines if r["event"] == "discovery_peer_found"]
+            assert any(r["event"] == "discovery_started" for r in lines)
+            assert {r["peer_name"] for r in found} >= set(names) - {name}
+            assert all(r["peer"] == name and r["ts"] for r in found)
     finally:
         for proc in procs:
             if proc.poll() is None:
