@@ -25,10 +25,14 @@ from collections.abc import Callable
 
 import trio
 
+from peer.backoff import Backoff
 from peer.exchange.service import ExchangeService
 from peer.http.client import HttpClient, HttpError
 
 BATCH = 200
+# Sending again after a failure: from 50 ms up to 2 s while the ledger is away or refusing load.
+# No jitter: there is one exchange, so there is nobody to fall in lock-step with.
+RETRY = Backoff(first=0.05, cap=2.0)
 
 
 def is_permanent(status: int) -> bool:
@@ -41,8 +45,7 @@ async def deliver_fills(
     ledger_url: Callable[[], str | None],
     *,
     client_factory: Callable[[str], HttpClient] | None = None,
-    retry_min: float = 0.05,
-    retry_max: float = 2.0,
+    retry: Backoff = RETRY,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run forever: push unacknowledged fills to the ledger, backing off while it is away."""
@@ -53,7 +56,7 @@ async def deliver_fills(
     task_status.started()
     try:
         async with trio.open_nursery() as acks:
-            await _deliver(service, ledger_url, clients, make, retry_min, retry_max, acks)
+            await _deliver(service, ledger_url, clients, make, retry, acks)
     finally:
         with trio.CancelScope(shield=True):
             for c in clients.values():
@@ -65,11 +68,10 @@ async def _deliver(
     ledger_url: Callable[[], str | None],
     clients: dict[str, HttpClient],
     make: Callable[[str], HttpClient],
-    retry_min: float,
-    retry_max: float,
+    retry: Backoff,
     acks: trio.Nursery,
 ) -> None:
-    backoff = retry_min
+    failures = 0
     while True:
         core = service.core
         assert core is not None
@@ -79,8 +81,8 @@ async def _deliver(
             continue
         url = ledger_url()
         if url is None:
-            await trio.sleep(backoff)
-            backoff = min(retry_max, backoff * 2)
+            failures += 1
+            await trio.sleep(retry.delay(failures))
             continue
         client = clients.get(url) or clients.setdefault(url, make(url))
         try:
@@ -95,17 +97,17 @@ async def _deliver(
                 service.outbox_stats["refusals"] += 1
                 _raise_alarm(service, url, r.status, r.body, pending[0].seq, pending[0].fill_id)
                 # Retrying at once changes nothing: the slowest pace, until someone mends it.
-                backoff = retry_max
+                failures = max(failures, retry.attempts_to_cap - 1)
             elif r is not None:
                 service.log("outbox_refused", ledger=url, status=r.status,
                             body=r.body[:300].decode("utf-8", "replace"))
-            await trio.sleep(backoff)
-            backoff = min(retry_max, backoff * 2)
+            failures += 1
+            await trio.sleep(retry.delay(failures))
             continue
         if service.outbox_alarm is not None:
             service.log("outbox_alarm_cleared", **service.outbox_alarm)
             service.outbox_alarm = None
-        backoff = retry_min
+        failures = 0
         service.outbox_stats["batches"] += 1
         service.outbox_stats["delivered"] += len(pending)
         # The cursor moves now; its tape record is written while the next batch goes out.

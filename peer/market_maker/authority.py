@@ -42,6 +42,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from peer.backoff import Backoff
+
 
 class Phase(enum.Enum):
     IDLE = "idle"  # not mine (or not yet): nothing asked, nothing held
@@ -175,8 +177,8 @@ class AuthorityConfig:
     drift_margin: float = 0.1  # taken off every lease: the exchange's clock may run faster than ours
     quote_margin: float = 0.1  # no quote op this close to the local lease end: it may land late
     renew_fraction: float = 1 / 3  # renew after this share of the lease
-    backoff_base: float = 0.05  # first retry after a refused claim
-    backoff_cap: float = 2.0  # no retry waits longer than this
+    # Retries of a refused or unanswered claim: from 50 ms, never longer than 2 s, equal jitter.
+    retry: Backoff = Backoff(first=0.05, cap=2.0, jitter=0.5)
     check_interval: float = 0.5  # a yielded peer reads the exchange's authority this often
 
     def __post_init__(self) -> None:
@@ -189,8 +191,6 @@ class AuthorityConfig:
         if self.drift_margin + self.quote_margin >= self.lease_duration * (1 - self.renew_fraction):
             # Otherwise a holder would stop quoting before its first renewal could land.
             raise ValueError("margins leave no room between renewal and lease end")
-        if not 0 < self.backoff_base <= self.backoff_cap:
-            raise ValueError("need 0 < backoff_base <= backoff_cap")
         if self.check_interval <= 0:
             raise ValueError("check_interval must be positive")
 
@@ -356,7 +356,7 @@ class MarketMakerAuthority:
                 self._release(st, "claim-unanswered", now, out)
         elif isinstance(request, Renew):
             # Still held until the local lease says otherwise; try again soon.
-            st.renew_at = now + self.config.backoff_base
+            st.renew_at = now + self.config.retry.first
             self._move(st, Phase.HELD, "renew-unanswered", now, out)
         else:
             st.retry_at = now + self._backoff_delay(1)
@@ -492,7 +492,5 @@ class MarketMakerAuthority:
         out.transitions.append(Transition(st.symbol, old, new, reason, st.epoch, now))
 
     def _backoff_delay(self, attempt: int) -> float:
-        # Exponential with a cap; "equal jitter" keeps at least half the delay so that two
-        # disagreeing peers never hammer the exchange, yet do not retry in lock-step.
-        delay = min(self.config.backoff_cap, self.config.backoff_base * 2 ** min(attempt - 1, 30))
-        return delay / 2 + self._rng.random() * delay / 2
+        # The jitter keeps two disagreeing peers from hammering the exchange in lock-step.
+        return self.config.retry.delay(attempt, self._rng)

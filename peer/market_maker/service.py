@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 from gossip.types import Member
+from peer.backoff import Backoff
 from peer.http.client import Answer, HttpClient, HttpError
 from peer.logs import JsonLog
 from peer.market_maker import answers as mm_answers
@@ -67,8 +68,11 @@ from peer.roles import RoleDirectory
 RESERVATION_MARGIN = 1.0
 LONG_POLL = 5.0
 PRICE_POLL = 0.25
-DISCOVERY_POLL = 0.1
 LOOP_RESTART = 0.5
+# Reading the exchange or the ledger again after no answer or a bad one (a peer restarting, not
+# found yet, or cut off): soon at first, at most twice a second, jittered so that market makers
+# that lost the same peer do not come back in lock-step.
+READ_RETRY = Backoff(first=0.1, cap=0.5, jitter=0.5)
 
 
 @dataclass
@@ -132,6 +136,7 @@ class MarketMakerService:
         # carry: symbol -> (quote_id, done event, the ledger's answer or None).
         self._early: dict[str, tuple[str, trio.Event, list]] = {}
         self.stats = MarketMakerStats()
+        self._retry_rng = random.Random(f"{seed}:{name}:retry")
         self._clients: dict[str, HttpClient] = {}
         self._view_changed = trio.Event()
         self._authority_wakeup = trio.Event()
@@ -233,15 +238,18 @@ class MarketMakerService:
                  epochs={r.get("symbol"): r.get("epoch") for r in authority})
 
     async def _get_until_ok(self, role: str, path: str, read: Callable[[bytes], Any]) -> Any:
-        delay = DISCOVERY_POLL
+        attempt = 0
         while True:
             answer = await self._call(role, "GET", path)
             if answer is not None and answer.status == 200:
                 found = self._read(role, "GET", path, answer, read)
                 if found is not None:
                     return found
-            await trio.sleep(delay)
-            delay = min(1.0, delay * 2)
+            attempt += 1
+            await self._retry_after(attempt)
+
+    async def _retry_after(self, attempt: int) -> None:
+        await trio.sleep(READ_RETRY.delay(attempt, self._retry_rng))
 
     def _read(self, role: str, method: str, path: str, answer: Answer, reader: Callable[[bytes], Any]) -> Any:
         """`reader(answer.body)`, or None when the answer is malformed (counted and logged)."""
@@ -573,18 +581,20 @@ class MarketMakerService:
 
     async def _updates_loop(self) -> None:
         """Committed position updates, in order, resumed from the last seq seen."""
+        failures = 0
         while True:
             path = f"/updates?after={self._updates_after}&wait={LONG_POLL}"
             answer = await self._call("ledger", "GET", path, timeout=LONG_POLL + 2)
-            if answer is None or answer.status != 200:
-                if answer is not None and answer.status == 409:
-                    await self._resync_positions("ledger-behind")
-                await trio.sleep(0.1)
-                continue
-            read = self._read("ledger", "GET", path, answer, mm_answers.updates)
+            read = None
+            if answer is not None and answer.status == 200:
+                read = self._read("ledger", "GET", path, answer, mm_answers.updates)
+            elif answer is not None and answer.status == 409:
+                await self._resync_positions("ledger-behind")
             if read is None:
-                await trio.sleep(0.1)
+                failures += 1
+                await self._retry_after(failures)
                 continue
+            failures = 0
             rows, next_after = read
             now = self.clock()
             for u in rows:
@@ -610,16 +620,18 @@ class MarketMakerService:
 
     async def _fills_loop(self) -> None:
         """This peer's fills as the exchange creates them: each one triggers a replacement."""
+        failures = 0
         while True:
             path = f"/fills?after={self._fills_after}&wait={LONG_POLL}"
             answer = await self._call("exchange", "GET", path, timeout=LONG_POLL + 2)
-            if answer is None or answer.status != 200:
-                await trio.sleep(0.1)
-                continue
-            read = self._read("exchange", "GET", path, answer, mm_answers.fills)
+            read = None
+            if answer is not None and answer.status == 200:
+                read = self._read("exchange", "GET", path, answer, mm_answers.fills)
             if read is None:
-                await trio.sleep(0.1)
+                failures += 1
+                await self._retry_after(failures)
                 continue
+            failures = 0
             notices, next_after = read
             now = self.clock()
             for f in notices:

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from book.exchange import ExchangeCore
+from peer.backoff import Backoff
 from peer.exchange.outbox import deliver_fills
 from peer.exchange.service import TAPE_FILE, ExchangeService, TapeDivergence
 from peer.exchange.tape import TapeError, TapeReader, open_for_append
@@ -204,7 +205,7 @@ async def test_a_ledger_that_refuses_a_batch_outright_raises_an_alarm_until_a_ba
             url = await nursery.start(serve_http, app, ("127.0.0.1", 0), trio.Event())
             service = await started(nursery, tmp_path, clock)
             service.log = lambda event, **kw: lines.append({"event": event, **kw})
-            await nursery.start(partial(deliver_fills, service, lambda: url, retry_max=0.05))
+            await nursery.start(partial(deliver_fills, service, lambda: url, retry=Backoff(first=0.05, cap=0.05)))
             await trade(service, clock)
             while service.outbox_stats.get("refusals", 0) < 3:
                 await trio.sleep(0.01)

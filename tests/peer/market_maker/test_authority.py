@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from book.exchange import ExchangeCore
+from peer.backoff import Backoff
 from peer.market_maker.authority import (
     TRANSITIONS,
     AuthorityConfig,
@@ -28,7 +29,7 @@ from peer.market_maker.authority import (
 )
 
 CFG = AuthorityConfig(lease_duration=2.0, drift_margin=0.1, quote_margin=0.1, renew_fraction=1 / 3,
-                      backoff_base=0.05, backoff_cap=2.0)
+                      retry=Backoff(first=0.05, cap=2.0, jitter=0.5))
 ME, OTHER, SYM = "mm-1", "mm-2", "AAA"
 
 
@@ -79,7 +80,7 @@ def test_rejected_claim_learns_the_current_epoch_and_retries_above_it_after_back
     assert out.actions == [] and out.transitions[0].reason == "claim-rejected:held"
     assert c.phase(SYM) is Phase.BACKING_OFF
     retry_at = c.next_deadline()
-    assert 0.01 + CFG.backoff_base / 2 <= retry_at <= 0.01 + CFG.backoff_base
+    assert 0.01 + CFG.retry.first / 2 <= retry_at <= 0.01 + CFG.retry.first
     assert not c.poll(retry_at - 1e-6)
     assert c.poll(retry_at).actions == [Claim(SYM, 10)]
 
@@ -106,9 +107,9 @@ def test_back_off_doubles_up_to_the_cap_with_seeded_jitter():
 
     d = delays(1)
     for k, delay in enumerate(d, start=1):
-        nominal = min(CFG.backoff_cap, CFG.backoff_base * 2 ** (k - 1))
+        nominal = min(CFG.retry.cap, CFG.retry.first * 2 ** (k - 1))
         assert nominal / 2 <= delay <= nominal
-    assert max(d[-3:]) <= CFG.backoff_cap and min(d[-3:]) >= CFG.backoff_cap / 2
+    assert max(d[-3:]) <= CFG.retry.cap and min(d[-3:]) >= CFG.retry.cap / 2
     assert delays(1) == d  # replayable
     assert delays(2) != d  # and jittered: two peers do not retry in lock-step
 
@@ -523,7 +524,7 @@ def test_two_peers_with_disagreeing_views_never_disturb_the_live_holder():
     assert other[0] == (False, "stale-epoch")
     assert len(other) > 5 and all(a == (False, "held") for a in other[1:])
     # Backed off up to the cap: about one try every 1-2 s, not one a step.
-    assert sim.sent[(OTHER, "Claim")] <= 60 / (CFG.backoff_cap / 2) + 10
+    assert sim.sent[(OTHER, "Claim")] <= 60 / (CFG.retry.cap / 2) + 10
     assert sim.ex.authority[SYM].epoch == 1  # rejected claims burn no epochs
 
 
@@ -569,7 +570,7 @@ def test_crashed_holder_is_replaced_once_its_lease_runs_out_if_the_exchange_neve
     assert expiry <= 5.0 + CFG.lease_duration
     sim.run_until(expiry - 0.05)
     assert sim.holders[SYM][-1][1] == ME
-    sim.run_until(expiry + CFG.backoff_cap + 0.1)
+    sim.run_until(expiry + CFG.retry.cap + 0.1)
     assert sim.holder_at() == OTHER
 
 
