@@ -2,7 +2,7 @@
 
 What it is for: the immutable `Fill` (born once, with a unique `fill_id`, never changed) and the
 `Quote` a market maker keeps in the book (a bid leg and an ask leg resting as orders). Field
-names follow seed 003. Prices are integer ticks, quantities whole numbers. It must never do I/O.
+names are murmur's interface (docs/interface.md). Prices are integer ticks, quantities whole numbers. It must never do I/O.
 
 A fill's `side` is the market maker's side: "buy" when the quote's bid was hit (the market maker
 bought; its position rises), "sell" when its ask was lifted. `order_id` is the external order

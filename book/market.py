@@ -336,7 +336,7 @@ class OrderIntent:
         return self.cancel_of is not None
 
     def to_json(self) -> dict:
-        """The request body for the exchange (field names of seed 003), or a cancel's target."""
+        """The request body for the exchange (field names of docs/interface.md), or a cancel's target."""
         if self.cancel_of is not None:
             return {"order_id": self.cancel_of, "symbol": self.symbol}
         return {

@@ -5,7 +5,7 @@ What it is for: `murmur flow` and `bench/http_orders.py`. It takes the seeded ex
 built-in flow), and sends it with `concurrency` workers over keep-alive connections (`peer.http.client`), either as
 fast as the exchange answers or at a target rate, for a duration or a count. It reports orders
 per second, latency percentiles and the answers by status. It must never read the exchange's
-state to decide what to send (seed 003: the publisher has no authority and no inputs).
+state to decide what to send (an order publisher has no authority and no inputs).
 """
 
 from __future__ import annotations
