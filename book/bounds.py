@@ -20,13 +20,15 @@ Each check takes the value and the field's name and returns the value or raises 
 message)`, where `error` is the caller's own validation error (`book.exchange.CommandError`,
 `ledger.exposure.InvalidInput`): a caller sees only its own error type. The checks are exact
 about types: a bool, a float or a string is never a whole number, and a huge integer is refused
-by its size before anything converts it. It must never do I/O.
+by its size before anything converts it. `fields` checks that a value is a JSON object with no
+field outside a list. Reading a request into such a value (its size, the strict JSON decoder,
+query parameters, the 400 answer) is peer/http/inputs.py's part. It must never do I/O.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MAX_PRICE = 10**9
@@ -69,6 +71,20 @@ def field_name(key: Any) -> str:
     """An unknown field's name as an error names it: at most 60 characters, never empty."""
     name = key[:60] if isinstance(key, str) else short(key)
     return name or '""'
+
+
+def fields(value: Any, allowed: Iterable[str], *, where: str = "",
+           error: Error = OutOfBounds) -> dict[str, Any]:
+    """A JSON object with no field outside `allowed`. The error names the first unknown field
+    (alphabetically), prefixed with `where` (e.g. "fills[3]."), or `where` itself / `body` when
+    the value is not an object at all."""
+    if not isinstance(value, dict):
+        raise error(where.rstrip(".") or "body", "must be a JSON object")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise error(f"{where}{field_name(unknown[0])}",
+                    f"unknown field; allowed: {', '.join(allowed)}")
+    return value
 
 
 def whole(value: Any, field: str, *, minimum: int = 0, maximum: int = MAX_COUNT,

@@ -1,8 +1,8 @@
 """The global exposure limit: reservations for proposed quotes, granted, reduced or rejected.
 
-What it is for: the one definition of the exposure rules (seed 003, invariant 4). A market maker
-asks for a reservation before a quote may become active; the sum of the remaining bid quantities
-of active reservations never exceeds the bid limit (100 by default), nor the ask sum the ask
+What it is for: the one definition of the exposure rules (invariant 4, docs/invariants.md). A
+market maker asks for a reservation before a quote may become active; the sum of the remaining bid
+quantities of active reservations never exceeds the bid limit (100 by default), nor the ask sum the ask
 limit. A request is granted in full, reduced (each side capped at what is free, at least one
 side above 0) or rejected (nothing free on any side it asked for; nothing reserved). Fills
 reduce a reservation's remaining quantity (once per `fill_id`); a release, a replacement or a
@@ -101,9 +101,7 @@ def seconds(value: Any, field: str) -> float:
 
 
 def only(body: dict[str, Any], allowed: Iterable[str], where: str = "") -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise InvalidInput(f"{where}{bounds.field_name(unknown[0])}", f"unknown field; allowed: {', '.join(allowed)}")
+    bounds.fields(body, allowed, where=where, error=InvalidInput)
 
 
 def parse_request(body: Any) -> ReservationRequest:

@@ -9,7 +9,8 @@ a long poll that pushes fills as they happen). It must never change state except
 error naming the field (nothing changes then).
 
 Status codes: 200/201 accepted; 409 well-formed but refused by the rules (stale epoch, held,
-conflict...), with `reason`; 400 malformed, with `field`; 404 unknown symbol or order.
+conflict...), with `reason`; 400 malformed, with `field`; 404 unknown symbol or order. Bodies and
+query parameters are read, and a malformed one answered, by peer/http/inputs.py, as in every API.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from book import bounds
 from book.exchange import CommandError
 from peer.exchange.service import ExchangeService
 from peer.http import inputs
@@ -34,21 +34,15 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    return _parse_body(await request.body())
+def _refused(exc: CommandError) -> JSONResponse:
+    status, answer = inputs.refusal(exc)
+    return JSONResponse(answer, status_code=status)
 
 
-def _parse_body(raw: bytes) -> dict[str, Any]:
-    """A command's JSON object, through the strict decoder (peer/http/inputs.py): deep nesting, NaN,
-    overflowing or endless numbers are refused here, each naming where it is."""
-    if len(raw) > MAX_BODY:
-        raise CommandError("body", f"larger than {MAX_BODY} bytes")
-    if not raw:
-        return {}
-    data = inputs.loads(raw, error=CommandError)
-    if not isinstance(data, dict):
-        raise CommandError("body", "must be a JSON object")
-    return data
+def parse_body(raw: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """A command's arguments: a JSON object of the `allowed` fields (an empty body is `{}`, and
+    the core names what is missing), read by peer/http/inputs.py; raises CommandError."""
+    return inputs.json_object(raw, allowed, max_bytes=MAX_BODY, empty_ok=True, error=CommandError)
 
 
 def _service(request: Request) -> ExchangeService:
@@ -73,7 +67,7 @@ async def _command(service: ExchangeService, kind: str, args: dict[str, Any], ok
     try:
         answer = await service.command(kind, args)
     except CommandError as exc:
-        return 400, {"error": str(exc), "field": exc.field}
+        return inputs.refusal(exc)
     if answer["accepted"]:
         return ok_status, answer
     if answer["reason"] in ("unknown-order",):
@@ -86,23 +80,18 @@ async def _command(service: ExchangeService, kind: str, args: dict[str, Any], ok
 _ORDER_FIELDS = ("order_id", "symbol", "side", "type", "quantity", "limit_price")
 _QUOTE_FIELDS = ("holder", "epoch", "seq", "quote_id", "bid_price", "bid_quantity", "ask_price", "ask_quantity",
                  "reservation_id")
-
-
-def _only(body: dict, allowed: tuple[str, ...]) -> dict:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise CommandError(bounds.field_name(unknown[0]), f"unknown field; allowed: {', '.join(allowed)}")
-    return body
+_CANCEL_QUOTE_FIELDS = ("holder", "epoch", "seq")
+_AUTHORITY_FIELDS = ("holder", "epoch")
 
 
 async def submit_order(service: ExchangeService, raw: bytes) -> tuple[int, dict]:
     """`POST /orders`, from the raw body: shared by the route and the direct handler."""
     try:
-        body = _only(_parse_body(raw), _ORDER_FIELDS)
+        body = parse_body(raw, _ORDER_FIELDS)
+        if "order_id" not in body:
+            raise CommandError("order_id", "required (it makes a retried POST safe)")
     except CommandError as exc:
-        return 400, {"error": str(exc), "field": exc.field}
-    if "order_id" not in body:
-        return 400, {"error": "order_id: required (it makes a retried POST safe)", "field": "order_id"}
+        return inputs.refusal(exc)
     return await _command(service, "submit_order", body, 201)
 
 
@@ -126,26 +115,28 @@ async def delete_order(request: Request) -> Response:
     return await _run(request, "cancel_order", {"order_id": request.path_params["order_id"]})
 
 
-async def put_quote(request: Request) -> Response:
-    symbol = _symbol(request)
-    if symbol is None:
-        return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
-    try:
-        body = _only(await _body(request), _QUOTE_FIELDS)
-    except CommandError as exc:
-        return _error(400, str(exc), field=exc.field)
-    return await _run(request, "put_quote", {**body, "symbol": symbol})
+def _symbol_command(kind: str, allowed: tuple[str, ...]):
+    """A command on the symbol in the path (`PUT /quotes/{symbol}`, `POST
+    /authority/{symbol}/claim`, ...): the body holds the command's other arguments."""
+
+    async def handler(request: Request) -> Response:
+        symbol = _symbol(request)
+        if symbol is None:
+            return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
+        try:
+            body = parse_body(await request.body(), allowed)
+        except CommandError as exc:
+            return _refused(exc)
+        return await _run(request, kind, {**body, "symbol": symbol})
+
+    return handler
 
 
-async def delete_quote(request: Request) -> Response:
-    symbol = _symbol(request)
-    if symbol is None:
-        return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
-    try:
-        body = _only(await _body(request), ("holder", "epoch", "seq"))
-    except CommandError as exc:
-        return _error(400, str(exc), field=exc.field)
-    return await _run(request, "cancel_quote", {**body, "symbol": symbol})
+put_quote = _symbol_command("put_quote", _QUOTE_FIELDS)
+delete_quote = _symbol_command("cancel_quote", _CANCEL_QUOTE_FIELDS)
+claim = _symbol_command("claim", _AUTHORITY_FIELDS)
+renew = _symbol_command("renew", _AUTHORITY_FIELDS)
+release = _symbol_command("release", _AUTHORITY_FIELDS)
 
 
 async def get_quote(request: Request) -> Response:
@@ -160,20 +151,6 @@ async def get_quotes(request: Request) -> Response:
     service = _service(request)
     now = service.clock()
     return JSONResponse({"quotes": [q.to_json(now) for q in service.core.active_quotes.values()]})
-
-
-def _authority_op(kind: str):
-    async def handler(request: Request) -> Response:
-        symbol = _symbol(request)
-        if symbol is None:
-            return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
-        try:
-            body = _only(await _body(request), ("holder", "epoch"))
-        except CommandError as exc:
-            return _error(400, str(exc), field=exc.field)
-        return await _run(request, kind, {**body, "symbol": symbol})
-
-    return handler
 
 
 async def get_authority(request: Request) -> Response:
@@ -200,15 +177,11 @@ async def get_fills(request: Request) -> Response:
     service = _service(request)
     params = request.query_params
     try:
-        inputs.known_query(params, ("after", "limit", "wait", "symbol"), error=CommandError)
-        after = inputs.query_int(params, "after", 0, 0, bounds.MAX_COUNT, error=CommandError)
-        limit = inputs.query_int(params, "limit", 1000, 1, 10_000, error=CommandError)
-        wait = inputs.query_seconds(params, "wait", 0.0, 60.0, error=CommandError)
-        symbol = params.get("symbol")
-        if symbol is not None:
-            symbol = bounds.symbol(symbol, error=CommandError)
+        after, limit, wait = inputs.page(params, ("after", "limit", "wait", "symbol"),
+                                         error=CommandError)
+        symbol = inputs.query_symbol(params, error=CommandError)
     except CommandError as exc:
-        return _error(400, str(exc), field=exc.field)
+        return _refused(exc)
     fills = service.core.fills_after(after, limit)
     if not fills and wait > 0:
         with trio.move_on_after(wait):
@@ -240,9 +213,9 @@ def exchange_routes() -> list[Route]:
         Route("/quotes/{symbol}", get_quote, methods=["GET"]),
         Route("/quotes/{symbol}", delete_quote, methods=["DELETE"]),
         Route("/authority", get_authority, methods=["GET"]),
-        Route("/authority/{symbol}/claim", _authority_op("claim"), methods=["POST"]),
-        Route("/authority/{symbol}/renew", _authority_op("renew"), methods=["POST"]),
-        Route("/authority/{symbol}/release", _authority_op("release"), methods=["POST"]),
+        Route("/authority/{symbol}/claim", claim, methods=["POST"]),
+        Route("/authority/{symbol}/renew", renew, methods=["POST"]),
+        Route("/authority/{symbol}/release", release, methods=["POST"]),
         Route("/prices", get_prices, methods=["GET"]),
         Route("/prices/{symbol}", get_price, methods=["GET"]),
         Route("/fills", get_fills, methods=["GET"]),

@@ -1,21 +1,32 @@
-"""What a peer reads from an HTTP request before any rule sees it: the JSON body and query numbers.
+"""How every API reads a request: its body and query parameters, and the answer to a refused one.
 
-What it is for: one strict decoder for every JSON request body (the exchange's and the ledger's
-APIs) and one parser for numeric query parameters, so that no input can reach a handler in a
-shape that makes it fail with anything but a 4xx naming the field. `loads` refuses:
+What it is for: the exchange (its Starlette routes and its direct `POST /orders`), the ledger and
+any other role read their requests through this module only, so that one input is refused the
+same way everywhere, with the same answer: status 400 (`STATUS`) and the JSON body
+`{"error": "<field>: <what is wrong>", "field": "<field>"}` (`refusal`). `field` names the body
+field (`quantity`, `fills[3].price`), the query parameter (`after`), or `body` when the request
+as a whole is unreadable. The market maker's and the common endpoints (`/health`, `/status`,
+`/members`, `/metrics`) take no body and no query parameter.
 
-- bytes that are not JSON (or not UTF-8): field `body`; a string holding a lone surrogate
-  (`"\\ud800"`), which no store, tape or answer could encode: the path of the string;
-- nesting deeper than MAX_DEPTH (32) containers: the path of the first container too deep, or
-  `body` when the decoder itself gave up (Python's decoder raises RecursionError near 1,000);
-- `NaN`, `Infinity`, `-Infinity`, a number that overflows a float (`1e400`) and a number
-  literal longer than MAX_NUMBER_LENGTH characters (no field takes one: the largest bound is a
-  16-digit number; a 4,000-digit integer would cost a conversion, and at 4,300 digits Python
-  refuses it with a ValueError): the path of the field that holds it, e.g. `fills[0].created_at`.
+- `json_body(raw, max_bytes=...)`: the size bound, then `loads`; `json_object` adds the check
+  that the body is a JSON object of the endpoint's fields only (`book.bounds.fields`).
+- `loads`, the strict JSON decoder, refuses:
+  - bytes that are not JSON (or not UTF-8): field `body`; a string holding a lone surrogate
+    (`"\\ud800"`), which no store, tape or answer could encode: the path of the string;
+  - nesting deeper than MAX_DEPTH (32) containers: the path of the first container too deep, or
+    `body` when the decoder itself gave up (Python's decoder raises RecursionError near 1,000);
+  - `NaN`, `Infinity`, `-Infinity`, a number that overflows a float (`1e400`) and a number
+    literal longer than MAX_NUMBER_LENGTH characters (no field takes one: the largest bound is a
+    16-digit number; a 4,000-digit integer would cost a conversion, and at 4,300 digits Python
+    refuses it with a ValueError): the path of the field that holds it, e.g. `fills[0].created_at`.
+- `page` (`after`, `limit`, `wait` of the paged reads and long polls), `query_int`,
+  `query_seconds`, `query_symbol` and `known_query`: query parameters, ASCII digits only.
 
-Types and ranges of each field are the endpoint's business, with the bounds of book/bounds.py.
-Errors are built by `error(field, message)`: the caller's own validation error (`BodyError` if
-none is given). It must never do I/O.
+The type and range of each field (a whole number is an int, never a bool or `1.0`; ids of at
+most 128 characters...) are checked with book/bounds.py by the endpoint's parser or core, which
+raise the same `FieldError`s. Errors are built by `error(field, message)`: the caller's own
+validation error (`BodyError` if none is given). It must never do I/O: bytes and strings in,
+values or errors out.
 """
 
 from __future__ import annotations
@@ -23,17 +34,50 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
+from book import bounds
 from book.bounds import Error, FieldError, field_name, short
 
 MAX_DEPTH = 32
 MAX_NUMBER_LENGTH = 40
+# The status of every refused input, in every API (a well-formed request the rules refuse is a
+# 409, an unknown symbol or id a 404: those are the endpoint's business).
+STATUS = 400
+# The paged reads and long polls (`GET /fills`, `/updates`, ...).
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10_000
+MAX_WAIT = 60.0
 
 
 class BodyError(FieldError):
     """A request input that no endpoint accepts; `field` names where it is."""
+
+
+def refusal(exc: FieldError) -> tuple[int, dict[str, str]]:
+    """The answer to a refused input: the same status and the same two keys in every API."""
+    return STATUS, {"error": str(exc), "field": exc.field}
+
+
+def json_body(raw: bytes, *, max_bytes: int, empty_ok: bool = False,
+              error: Error = BodyError) -> Any:
+    """A request body's JSON value, through `loads`: at most `max_bytes`; an empty body is `{}`
+    where the endpoint allows it (`empty_ok`), else refused as required."""
+    if len(raw) > max_bytes:
+        raise error("body", f"larger than {max_bytes} bytes")
+    if not raw:
+        if empty_ok:
+            return {}
+        raise error("body", "required (a JSON object)")
+    return loads(raw, error=error)
+
+
+def json_object(raw: bytes, allowed: Iterable[str], *, max_bytes: int, empty_ok: bool = False,
+                error: Error = BodyError) -> dict[str, Any]:
+    """`json_body`, which must be a JSON object with no field outside `allowed`."""
+    value = json_body(raw, max_bytes=max_bytes, empty_ok=empty_ok, error=error)
+    return bounds.fields(value, allowed, error=error)
 
 
 class _Refused:
@@ -175,6 +219,31 @@ def query_seconds(params: Mapping[str, str], name: str, default: float, hi: floa
     if value > hi:
         raise error(name, f"must be from 0 to {hi:g} seconds, got {raw}")
     return value
+
+
+def query_symbol(params: Mapping[str, str], name: str = "symbol", *,
+                 error: Error = BodyError) -> str | None:
+    """A symbol as a query parameter (book.bounds.symbol), or None when it is not given."""
+    raw = params.get(name)
+    return None if raw is None else bounds.symbol(raw, name, error=error)
+
+
+class Page(NamedTuple):
+    """Where a paged read starts, how much it returns, and how long it may wait for more."""
+
+    after: int
+    limit: int
+    wait: float
+
+
+def page(params: Mapping[str, str], allowed: tuple[str, ...], *, after: str = "after",
+         error: Error = BodyError) -> Page:
+    """The paging parameters of a read: only `allowed` parameters; `after` (named `after` or,
+    e.g., `after_version`) 0 ..= MAX_COUNT, `limit` 1 ..= MAX_LIMIT, `wait` 0 ..= MAX_WAIT s."""
+    known_query(params, allowed, error=error)
+    return Page(query_int(params, after, 0, 0, bounds.MAX_COUNT, error=error),
+                query_int(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, error=error),
+                query_seconds(params, "wait", 0.0, MAX_WAIT, error=error))
 
 
 def known_query(params: Mapping[str, str], allowed: tuple[str, ...], *, error: Error = BodyError) -> None:

@@ -1,6 +1,6 @@
 """The ledger's HTTP/JSON API: fills, positions, the update stream, reservations, exposure.
 
-What it is for: the trading state and exposure reservation APIs of seed 003 on the ledger peer:
+What it is for: the ledger peer's trading state and exposure reservation APIs (docs/interface.md):
 `POST /fills` (the exchange's outbox), `GET /fills`, `GET /positions`, `GET /positions/{symbol}`,
 the ordered stream of committed position updates (`GET /updates`, and per symbol
 `GET /positions/{symbol}/updates`, both long polls resumable from where the client stopped),
@@ -12,7 +12,8 @@ then: a batch with one bad fill is refused whole, before anything is queued).
 
 Status codes: 200 done (201 for a new reservation that holds capacity); 409 well-formed but
 refused by the rules (a fill id recorded with other content, a quote_id reused, no capacity),
-with `reason`; 400 malformed, with `field`; 404 unknown reservation; 503 not running.
+with `reason`; 400 malformed, with `field`; 404 unknown reservation; 503 not running. Bodies and
+query parameters are read, and a malformed one answered, by peer/http/inputs.py, as in every API.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from book.bounds import MAX_COUNT
+from book import bounds
 from ledger.exposure import (
     MAX_QUANTITY,
     REJECTED,
     InvalidInput,
     Refusal,
-    only,
     parse_request,
     parse_side,
     seconds,
@@ -46,7 +46,6 @@ from peer.ledger.service import LedgerService, LedgerUnavailable
 # the largest batch fits the peer's HTTP server's 1 MiB body limit.
 MAX_BODY = 1024 * 1024
 MAX_FILLS = 2000
-MAX_WAIT = 60.0
 
 _STATUS = {"invalid": 400, "unknown-reservation": 404}
 
@@ -56,7 +55,8 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
 
 
 def _invalid(exc: InvalidInput) -> JSONResponse:
-    return _error(400, str(exc), field=exc.field)
+    status, answer = inputs.refusal(exc)
+    return JSONResponse(answer, status_code=status)
 
 
 def _refused(exc: Refusal) -> JSONResponse:
@@ -64,16 +64,9 @@ def _refused(exc: Refusal) -> JSONResponse:
 
 
 async def _body(request: Request, *, empty_ok: bool = False) -> Any:
+    """The body's JSON value, read by peer/http/inputs.py; each endpoint's parser checks its shape."""
     raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise InvalidInput("body", f"larger than {MAX_BODY} bytes")
-    if not raw:
-        if empty_ok:
-            return {}
-        raise InvalidInput("body", "required (a JSON object)")
-    # Deep nesting, NaN, 1e400 and numbers of endless digits are refused by the strict decoder
-    # (peer/http/inputs.py), naming where they are.
-    return inputs.loads(raw, error=InvalidInput)
+    return inputs.json_body(raw, max_bytes=MAX_BODY, empty_ok=empty_ok, error=InvalidInput)
 
 
 def _service(request: Request) -> LedgerService:
@@ -92,16 +85,8 @@ async def _submit(request: Request, op, ok_status: int = 200) -> Response:
     return JSONResponse(answer, status_code=ok_status)
 
 
-def _query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    return inputs.query_int(request.query_params, name, default, lo, hi, error=InvalidInput)
-
-
-def _query_wait(request: Request) -> float:
-    return inputs.query_seconds(request.query_params, "wait", 0.0, MAX_WAIT, error=InvalidInput)
-
-
-def _known_query(request: Request, allowed: tuple[str, ...]) -> None:
-    inputs.known_query(request.query_params, allowed, error=InvalidInput)
+def _page(request: Request, allowed: tuple[str, ...], after: str = "after") -> inputs.Page:
+    return inputs.page(request.query_params, allowed, after=after, error=InvalidInput)
 
 
 def _path_symbol(request: Request) -> str:
@@ -118,7 +103,7 @@ def _path_reservation(request: Request) -> str:
 def parse_fills(body: Any) -> RecordFills:
     """One fill object, or {"fills": [...]}: every fill checked; raises InvalidInput."""
     if isinstance(body, dict) and "fills" in body:
-        only(body, ("fills",))
+        bounds.fields(body, ("fills",), error=InvalidInput)
         items = body["fills"]
         if not isinstance(items, list) or not items:
             raise InvalidInput("fills", "must be a non-empty list of fills")
@@ -158,13 +143,8 @@ async def get_fills(request: Request) -> Response:
     """Recorded fills in commit order (update_seq > after); with `wait`, a long poll."""
     service = _service(request)
     try:
-        _known_query(request, ("after", "limit", "symbol", "wait"))
-        after = _query_int(request, "after", 0, 0, MAX_COUNT)
-        limit = _query_int(request, "limit", 1000, 1, 10_000)
-        wait = _query_wait(request)
-        symbol = request.query_params.get("symbol")
-        if symbol is not None:
-            symbol = symbol_name(symbol)
+        after, limit, wait = _page(request, ("after", "limit", "symbol", "wait"))
+        symbol = inputs.query_symbol(request.query_params, error=InvalidInput)
     except InvalidInput as exc:
         return _invalid(exc)
 
@@ -203,10 +183,7 @@ async def get_updates(request: Request) -> Response:
     has; `next_after` is what to send next time (past updates of other symbols too)."""
     service = _service(request)
     try:
-        _known_query(request, ("after", "limit", "symbols", "wait"))
-        after = _query_int(request, "after", 0, 0, MAX_COUNT)
-        limit = _query_int(request, "limit", 1000, 1, 10_000)
-        wait = _query_wait(request)
+        after, limit, wait = _page(request, ("after", "limit", "symbols", "wait"))
         raw = request.query_params.get("symbols")
         symbols = {symbol_name(s.strip(), "symbols") for s in raw.split(",")} if raw else None
     except InvalidInput as exc:
@@ -229,10 +206,8 @@ async def get_symbol_updates(request: Request) -> Response:
     service = _service(request)
     try:
         symbol = _path_symbol(request)
-        _known_query(request, ("after_version", "limit", "wait"))
-        after_version = _query_int(request, "after_version", 0, 0, MAX_COUNT)
-        limit = _query_int(request, "limit", 1000, 1, 10_000)
-        wait = _query_wait(request)
+        after_version, limit, wait = _page(request, ("after_version", "limit", "wait"),
+                                           after="after_version")
     except InvalidInput as exc:
         return _invalid(exc)
     current = service.position(symbol).position_version
@@ -279,15 +254,8 @@ async def get_reservation(request: Request) -> Response:
     return JSONResponse({"reservation": found.to_json()})
 
 
-def _object(body: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidInput("body", "must be a JSON object")
-    only(body, allowed)
-    return body
-
-
 def parse_apply_fill(reservation_id: str, body: Any) -> ApplyFill:
-    body = _object(body, ("fill_id", "side", "quantity"))
+    body = bounds.fields(body, ("fill_id", "side", "quantity"), error=InvalidInput)
     for name in ("fill_id", "side", "quantity"):
         if name not in body:
             raise InvalidInput(name, "required")
@@ -296,7 +264,7 @@ def parse_apply_fill(reservation_id: str, body: Any) -> ApplyFill:
 
 
 def parse_renew(reservation_id: str, body: Any) -> Renew:
-    body = _object(body, ("expires_at", "ttl"))
+    body = bounds.fields(body, ("expires_at", "ttl"), error=InvalidInput)
     if (body.get("expires_at") is None) == (body.get("ttl") is None):
         raise InvalidInput("expires_at", "give exactly one of expires_at and ttl")
     return Renew(reservation_id,
@@ -305,32 +273,26 @@ def parse_renew(reservation_id: str, body: Any) -> Renew:
 
 
 def parse_release(reservation_id: str, body: Any) -> Release:
-    body = _object(body, ("reason",))
+    body = bounds.fields(body, ("reason",), error=InvalidInput)
     return Release(reservation_id, text(body["reason"], "reason") if body.get("reason") is not None else "released")
 
 
-async def post_apply_fill(request: Request) -> Response:
-    try:
-        op = parse_apply_fill(_path_reservation(request), await _body(request))
-    except InvalidInput as exc:
-        return _invalid(exc)
-    return await _submit(request, op)
+def _reservation_op(parse, *, empty_ok: bool = False):
+    """`POST /reservations/{id}/...`: the id from the path, the operation from the body."""
+
+    async def handler(request: Request) -> Response:
+        try:
+            op = parse(_path_reservation(request), await _body(request, empty_ok=empty_ok))
+        except InvalidInput as exc:
+            return _invalid(exc)
+        return await _submit(request, op)
+
+    return handler
 
 
-async def post_renew(request: Request) -> Response:
-    try:
-        op = parse_renew(_path_reservation(request), await _body(request))
-    except InvalidInput as exc:
-        return _invalid(exc)
-    return await _submit(request, op)
-
-
-async def post_release(request: Request) -> Response:
-    try:
-        op = parse_release(_path_reservation(request), await _body(request, empty_ok=True))
-    except InvalidInput as exc:
-        return _invalid(exc)
-    return await _submit(request, op)
+post_apply_fill = _reservation_op(parse_apply_fill)
+post_renew = _reservation_op(parse_renew)
+post_release = _reservation_op(parse_release, empty_ok=True)
 
 
 async def get_exposure(request: Request) -> Response:
