@@ -62,6 +62,8 @@ class GossipNode:
         self._outbox_send, self._outbox_recv = trio.open_memory_channel[tuple[bytes, Address]](10_000)
         self.dropped_outbound = 0
         self.dropped_error = 0
+        # Set after every flush of the core's output, then replaced: what `leave` waits on.
+        self._flushed = trio.Event()
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -128,7 +130,8 @@ class GossipNode:
         core.leave(trio.current_time())
         self._flush()
         while core.pending_broadcasts() and core.counts()["alive"] + core.counts()["suspect"] > 0:
-            await trio.sleep(self.config.gossip_interval)
+            # Broadcasts go out on gossip ticks; each flush is a chance that the last one went.
+            await self._flushed.wait()
 
     def subscribe(self, buffer: int = 1000) -> trio.MemoryReceiveChannel[MemberEvent]:
         send, recv = trio.open_memory_channel[MemberEvent](buffer)
@@ -213,6 +216,8 @@ class GossipNode:
                     pass  # a slow reader misses events rather than stalling the protocol
                 except trio.BrokenResourceError:
                     self._subscribers.remove(channel)
+        self._flushed.set()
+        self._flushed = trio.Event()
         if core.incarnation > self._persisted_incarnation:
             self._persisted_incarnation = core.incarnation
             if self._on_incarnation is not None:

@@ -179,7 +179,8 @@ class SimCluster:
                              step: float = 0.5) -> float:
         """Sleep in virtual time until converged; returns the time it took."""
         start = trio.current_time()
-        while not self.converged(expected, among):
+        # Sampled every `step` of virtual time: the figure is defined at that granularity.
+        while not self.converged(expected, among):  # noqa: ASYNC110
             await trio.sleep(step)
         return trio.current_time() - start
 
@@ -189,7 +190,7 @@ class SimCluster:
 
     async def wait_all_see(self, name: str, state: MemberState, step: float = 0.1) -> float:
         start = trio.current_time()
-        while not self.all_see(name, state):
+        while not self.all_see(name, state):  # noqa: ASYNC110 (sampled, as above)
             await trio.sleep(step)
         return trio.current_time() - start
 

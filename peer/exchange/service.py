@@ -282,7 +282,7 @@ class ExchangeService:
                                     "reason": "ticked", "ended": answer["ended"]})
                 for ended in answer["ended"]:
                     self.log("exchange_quote_ended", **ended)
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async def _flow(self) -> None:
         assert self.prices is not None and self.core is not None

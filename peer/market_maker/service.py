@@ -140,6 +140,8 @@ class MarketMakerService:
         self._clients: dict[str, HttpClient] = {}
         self._view_changed = trio.Event()
         self._authority_wakeup = trio.Event()
+        # Set (and replaced) whenever some symbol's authority phase changed: what `leave` waits on.
+        self._phases_changed = trio.Event()
         self._symbol_wakeup: dict[str, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._leaving = False
@@ -288,6 +290,9 @@ class MarketMakerService:
         loop (its next deadline may have moved) unless this is the loop itself."""
         assert self.authority is not None and self._nursery is not None
         now = self.clock()
+        if outcome.transitions:
+            self._phases_changed.set()
+            self._phases_changed = trio.Event()
         for t in outcome.transitions:
             self.log("mm_authority", **t.to_json())
             if t.new is Phase.IDLE and t.reason.startswith("released:") and t.reason != "released:lease-expired":
@@ -671,7 +676,7 @@ class MarketMakerService:
         before = self.stats.releases
         busy = (Phase.HELD, Phase.RELEASING, Phase.CLAIMING)
         while any(self.authority.phase(s) in busy for s in self.symbols):
-            await trio.sleep(0.01)
+            await self._phases_changed.wait()
         self.log("mm_left", released=self.stats.releases - before)
 
     # --- reading ------------------------------------------------------------------------------
