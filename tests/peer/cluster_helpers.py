@@ -7,11 +7,8 @@ launcher is asked (SIGINT, so peers leave), then anything still running is SIGKI
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,22 +18,9 @@ from typing import Any
 import httpx
 import trio
 
-CLI = [sys.executable, "-m", "peer.cli"]
+from peer.tools.processes import CLI, NotInTime, pid_alive, poll_until, read_json, stop_group
 
-
-def pid_alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie (a container's init may never reap)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+__all__ = ["CLI", "pid_alive"]  # re-exported for the tests that import them from here
 
 
 @dataclass
@@ -66,88 +50,63 @@ class Cluster:
         except OSError:
             return ""
 
-    def restart(self, name: str) -> subprocess.Popen:
+    async def restart(self, name: str) -> subprocess.Popen:
         """Start a peer again with the command cluster.json gives for it (same data dir)."""
-        p = self.peer(name)
-        out = open(self.data_dir / f"{name}.restart.out", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(p["restart"], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-        out.close()
+        proc = await trio.to_thread.run_sync(
+            spawn, self.peer(name)["restart"], self.data_dir / f"{name}.restart.out"
+        )
         self.extra.append(proc)
         return proc
 
 
+def spawn(argv: list[str], out_path: Path) -> subprocess.Popen:
+    """Start `argv` with its stdout and stderr appended to `out_path` (blocking: a fork)."""
+    with open(out_path, "ab") as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+
+
 def start_launcher(data_dir: Path, peers: int, extra_args: list[str]) -> subprocess.Popen:
     data_dir.mkdir(parents=True, exist_ok=True)
-    out = open(data_dir / "launcher.out", "ab")  # noqa: SIM115
-    try:
-        return subprocess.Popen(
-            [*CLI, "launch", "--peers", str(peers), "--data-dir", str(data_dir), *extra_args],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-        )
-    finally:
-        out.close()
+    argv = [*CLI, "launch", "--peers", str(peers), "--data-dir", str(data_dir), *extra_args]
+    return spawn(argv, data_dir / "launcher.out")
 
 
 async def wait_cluster_file(cluster: Cluster, bound: float = 60.0) -> dict[str, Any]:
-    path = cluster.data_dir / "cluster.json"
-    with trio.move_on_after(bound):
-        while True:
-            if cluster.launcher.poll() is not None:
-                raise AssertionError(
-                    f"launcher exited with {cluster.launcher.returncode}:\n"
-                    + cluster.launcher_output()
-                )
-            try:
-                info = json.loads(path.read_text())
-                if info.get("status") == "running":
-                    return info
-            except (OSError, ValueError):
-                pass
-            await trio.sleep(0.1)
-    raise AssertionError(f"no cluster.json within {bound}s:\n{cluster.launcher_output()}")
+    async def running() -> dict[str, Any] | None:
+        if cluster.launcher.poll() is not None:
+            raise AssertionError(
+                f"launcher exited with {cluster.launcher.returncode}:\n" + cluster.launcher_output()
+            )
+        info = await read_json(cluster.data_dir / "cluster.json")
+        return info if info is not None and info.get("status") == "running" else None
+
+    try:
+        return await poll_until(running, bound, "cluster.json says running", every=0.1)
+    except NotInTime as exc:
+        raise NotInTime(f"{exc}\n{cluster.launcher_output()}") from None
 
 
 def stop_everything(cluster: Cluster, grace: float = 15.0) -> None:
-    """Ask the launcher to stop the cluster, then make sure nothing is left, whatever happened."""
-    if cluster.launcher.poll() is None:
-        cluster.launcher.send_signal(signal.SIGINT)
-        try:
-            cluster.launcher.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            cluster.launcher.kill()
-            cluster.launcher.wait()
-    for proc in cluster.extra:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while any(p.poll() is None for p in cluster.extra) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for proc in cluster.extra:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    for pid in [p["pid"] for p in cluster.info.get("peers", [])]:
-        if pid_alive(pid):
-            try:
-                os.kill(pid, signal.SIGCONT)
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    """Ask the launcher to stop the cluster, then make sure nothing is left, whatever happened.
+    Blocking: `launched` runs it in a worker thread."""
+    stop_group([cluster.launcher], grace=grace, signum=signal.SIGINT)
+    stop_group(cluster.extra, grace=5.0)
+    # Whatever the launcher left behind (it was killed, or a peer ignored it).
+    stop_group([p["pid"] for p in cluster.info.get("peers", [])], grace=0)
 
 
 @asynccontextmanager
 async def launched(
     data_dir: Path, peers: int = 5, extra_args: list[str] | None = None
 ) -> AsyncIterator[Cluster]:
-    cluster = Cluster(data_dir, start_launcher(data_dir, peers, extra_args or []))
+    launcher = await trio.to_thread.run_sync(start_launcher, data_dir, peers, extra_args or [])
+    cluster = Cluster(data_dir, launcher)
     try:
         cluster.info = await wait_cluster_file(cluster)
         yield cluster
     finally:
         with trio.CancelScope(shield=True):
-            stop_everything(cluster)
+            await trio.to_thread.run_sync(stop_everything, cluster)
 
 
 async def view(client: httpx.AsyncClient, peer: dict[str, Any]) -> dict[str, dict] | None:
@@ -176,14 +135,17 @@ async def eventually(
     check: Callable[[], Awaitable[tuple[bool, Any]]], bound: float, what: str, every: float = 0.1
 ) -> Any:
     """Poll `check` (-> (ok, observed)) until ok; fail after `bound` seconds with the last view."""
-    observed: Any = None
-    with trio.move_on_after(bound):
-        while True:
-            ok, observed = await check()
-            if ok:
-                return observed
-            await trio.sleep(every)
-    raise AssertionError(f"not within {bound}s: {what}\nlast observed: {observed!r}")
+    last: list[Any] = [None]
+
+    async def ok() -> bool:
+        done, last[0] = await check()
+        return done
+
+    try:
+        await poll_until(ok, bound, what, every=every)
+    except NotInTime as exc:
+        raise NotInTime(f"{exc}\nlast observed: {last[0]!r}") from None
+    return last[0]
 
 
 def states_of(all_views: dict[str, Any], node: str) -> dict[str, str | None]:
@@ -220,32 +182,6 @@ async def wait_state(
     return await eventually(check, bound, f"every peer sees {node} {state}")
 
 
-def log_lines(cluster: Cluster, name: str) -> list[dict[str, Any]]:
-    path = Path(cluster.peer(name)["log"])
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def start_peer(role: str, data_dir: Path, *extra: str, bound: float = 20.0) -> tuple[subprocess.Popen, str]:
-    """One `murmur peer --role ROLE` process on port 0; returns it and its HTTP URL once /health
-    answers. Its stderr goes to `<data_dir>.stderr` beside the data directory."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "peer.json").unlink(missing_ok=True)
-    with open(data_dir.parent / f"{data_dir.name}.stderr", "ab") as err:
-        proc = subprocess.Popen(
-            [*CLI, "peer", "--role", role, "--name", role, "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0",
-             "--data-dir", str(data_dir), "--profile", "local", "--quiet", *extra],
-            stdout=subprocess.DEVNULL, stderr=err,
-        )
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the {role} exited with {proc.returncode}")
-        try:
-            url = json.loads((data_dir / "peer.json").read_text())["http"]
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except (OSError, ValueError, KeyError, httpx.HTTPError):
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"the {role} did not come up within {bound}s")
+async def log_lines(cluster: Cluster, name: str) -> list[dict[str, Any]]:
+    text = await trio.Path(cluster.peer(name)["log"]).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -10,22 +10,14 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 
 import httpx
 import pytest
 import trio
 
-from .cluster_helpers import (
-    CLI,
-    eventually,
-    launched,
-    log_lines,
-    pid_alive,
-    states_of,
-    views,
-    wait_state,
-)
+from peer.tools.processes import pid_alive, poll_until, read_json
+
+from .cluster_helpers import eventually, launched, log_lines, states_of, views, wait_state
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +55,7 @@ async def test_launch_5_writes_cluster_file_and_every_peer_sees_7_alive(tmp_path
                 assert p["gossip"].startswith("127.0.0.1:")
                 assert p["http"].startswith("http://127.0.0.1:")
                 assert pid_alive(p["pid"])
-                assert os.path.isdir(p["data_dir"])
+                assert await trio.Path(p["data_dir"]).is_dir()
             await wait_converged(client, cluster)
             out = cluster.launcher_output()
             assert "cluster.json" in out and "murmur top" in out and "murmur members" in out
@@ -98,7 +90,7 @@ async def test_sigstop_peer_is_declared_dead_then_refutes_after_sigcont(tmp_path
             )
             events = [
                 e
-                for e in log_lines(cluster, "mm-2")
+                for e in await log_lines(cluster, "mm-2")
                 if e["event"] == "member" and e["node"] == "mm-2"
             ]
             assert any(e["incarnation"] > before for e in events), events
@@ -114,7 +106,7 @@ async def test_a_killed_peer_restarted_with_its_data_dir_rejoins_with_a_higher_i
             before = (await views(client, [cluster.peer("mm-1")]))["mm-1"]["mm-4"]["incarnation"]
             os.kill(victim["pid"], signal.SIGKILL)
             await wait_state(client, cluster.others("mm-4"), "mm-4", "dead", DETECT)
-            cluster.restart("mm-4")
+            await cluster.restart("mm-4")
             await wait_state(
                 client, cluster.peers, "mm-4", "alive", CONVERGE, min_incarnation=before + 1
             )
@@ -129,13 +121,11 @@ async def test_sigterm_to_one_peer_makes_it_leave_and_others_record_left_not_dea
             victim = cluster.peer("mm-5")
             os.kill(victim["pid"], signal.SIGTERM)
             await wait_state(client, cluster.others("mm-5"), "mm-5", "left", DETECT)
-            await eventually(
-                lambda: _result(not pid_alive(victim["pid"])), 10, "mm-5 exits after leaving"
-            )
+            await poll_until(lambda: not pid_alive(victim["pid"]), 10, "mm-5 exits after leaving")
             for name in NAMES - {"mm-5"}:
                 transitions = {
                     (e["old"], e["new"])
-                    for e in log_lines(cluster, name)
+                    for e in await log_lines(cluster, name)
                     if e["event"] == "member" and e["node"] == "mm-5"
                 }
                 assert ("alive", "left") in transitions, (name, transitions)
@@ -148,18 +138,17 @@ async def test_sigint_to_the_launcher_stops_every_peer_gracefully_and_leaves_no_
             await wait_converged(client, cluster)
             pids = cluster.peer_pids()
             cluster.launcher.send_signal(signal.SIGINT)
-            await eventually(
-                lambda: _result(cluster.launcher.poll() is not None), 20, "the launcher exits"
+            await poll_until(
+                lambda: cluster.launcher.poll() is not None, 20, "the launcher exits", every=0.1
             )
             assert cluster.launcher.returncode == 0, cluster.launcher_output()
             assert [pid for pid in pids if pid_alive(pid)] == []
             for name in NAMES:
-                events = [e["event"] for e in log_lines(cluster, name)]
+                events = [e["event"] for e in await log_lines(cluster, name)]
                 # Each peer went through the graceful path, none was killed mid-way.
                 assert "peer_left" in events and events[-1] == "peer_stopped", (name, events[-5:])
             assert "7 left gracefully" in cluster.launcher_output()
-            status = json.loads((cluster.data_dir / "cluster.json").read_text())["status"]
-            assert status == "stopped"
+            assert (await read_json(cluster.data_dir / "cluster.json"))["status"] == "stopped"
 
 
 async def test_killing_the_launcher_does_not_leave_its_peers_running(tmp_path):
@@ -167,72 +156,48 @@ async def test_killing_the_launcher_does_not_leave_its_peers_running(tmp_path):
         async with launched(tmp_path / "data") as cluster:
             pids = cluster.peer_pids()
             cluster.launcher.kill()
-            cluster.launcher.wait()
-            await eventually(
-                lambda: _result(
-                    not any(pid_alive(p) for p in pids), [p for p in pids if pid_alive(p)]
-                ),
+            await trio.to_thread.run_sync(cluster.launcher.wait)
+            await poll_until(
+                lambda: not any(pid_alive(p) for p in pids),
                 15,
                 "every peer exits once its launcher is gone",
+                every=0.1,
             )
 
 
-async def _result(ok: bool, observed=None):
-    return ok, observed
-
-
-async def test_discover_peers_with_no_seeds_find_each_other_over_mdns_on_loopback(tmp_path):
+async def test_discover_peers_with_no_seeds_find_each_other_over_mdns_on_loopback(peers, tmp_path):
     # Unique names: mDNS instance names must be unique on the link, whatever the cluster.
     tag = secrets.token_hex(3)
     names = [f"disc-{tag}-{i}" for i in (1, 2, 3)]
-    common = "peer --role mm --profile local --bind 127.0.0.1:0 --quiet".split()
-    common += ["--discover", "--interfaces", "127.0.0.1", "--cluster", f"test-{tag}"]
-    procs = []
-    try:
-        for name in names:
-            with open(tmp_path / f"{name}.out", "wb") as out:
-                argv = [*CLI, *common, "--name", name, "--data-dir", str(tmp_path / name)]
-                procs.append(
-                    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-                )
-        with trio.fail_after(60):
-            peers = []
-            for name, proc in zip(names, procs, strict=True):
-                peer_file = tmp_path / name / "peer.json"
-                await eventually(
-                    lambda f=peer_file, p=proc: _result(f.exists() or p.poll() is not None),
-                    20,
-                    f"{name} starts",
-                )
-                assert proc.poll() is None, (tmp_path / f"{name}.out").read_text()
-                peers.append(json.loads(peer_file.read_text()))
-            async with httpx.AsyncClient(timeout=2) as client:
+    discover = ["--discover", "--interfaces", "127.0.0.1", "--cluster", f"test-{tag}"]
+    with trio.fail_after(60):
+        started = []
 
-                async def all_see_all():
-                    all_views = await views(client, peers)
-                    ok = all(
-                        v is not None
-                        and set(v) == set(names)
-                        and all(r["state"] == "alive" for r in v.values())
-                        for v in all_views.values()
-                    )
-                    return ok, {k: sorted(v) if v else None for k, v in all_views.items()}
+        async def start(name: str) -> None:
+            _, url = await peers("mm", *discover, name=name)
+            started.append({"name": name, "http": url})
 
-                await eventually(all_see_all, 20, "every --discover peer sees the others alive")
-        # Discovery's decisions are in each peer's own JSON-lines log, with `ts` and `peer`.
-        for name in names:
-            lines = [json.loads(line) for line in (tmp_path / name / f"{name}.log").read_text().splitlines()]
-            found = [r for r in lines if r["event"] == "discovery_peer_found"]
-            assert any(r["event"] == "discovery_started" for r in lines)
-            assert {r["peer_name"] for r in found} >= set(names) - {name}
-            assert all(r["peer"] == name and r["ts"] for r in found)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(start, name)
+        async with httpx.AsyncClient(timeout=2) as client:
+
+            async def all_see_all():
+                all_views = await views(client, started)
+                ok = all(
+                    v is not None
+                    and set(v) == set(names)
+                    and all(r["state"] == "alive" for r in v.values())
+                    for v in all_views.values()
+                )
+                return ok, {k: sorted(v) if v else None for k, v in all_views.items()}
+
+            await eventually(all_see_all, 20, "every --discover peer sees the others alive")
+    # Discovery's decisions are in each peer's own JSON-lines log, with `ts` and `peer`.
+    for name in names:
+        text = await trio.Path(tmp_path / name / f"{name}.log").read_text()
+        lines = [json.loads(line) for line in text.splitlines()]
+        found = [r for r in lines if r["event"] == "discovery_peer_found"]
+        assert any(r["event"] == "discovery_started" for r in lines)
+        assert {r["peer_name"] for r in found} >= set(names) - {name}
+        assert all(r["peer"] == name and r["ts"] for r in found)

@@ -20,8 +20,9 @@ from gossip.node import GossipNode
 from gossip.udp import UdpTransport
 from peer.addresses import parse_address
 from peer.http.endpoints import serve_http
+from peer.tools.processes import CLI, pid_alive, poll_until, run_command
 
-from .cluster_helpers import eventually, launched, pid_alive
+from .cluster_helpers import eventually, launched
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ async def test_a_member_that_claims_the_ledger_role_gets_nothing_and_is_shown_as
         async def acked() -> int:
             return (await client.get(f"{exchange['http']}/exchange")).json()["ledger_acked"]
 
-        await eventually(lambda: _ok(acked(), lambda n: n > 0), 30, "the real ledger acknowledges fills")
+        await poll_until(acked, 30, "the real ledger acknowledges fills", every=0.1)
         fake_url = await nursery.start(partial_serve(app))
         transport = UdpTransport(("127.0.0.1", 0))
         await nursery.start(transport.run)
@@ -71,11 +72,6 @@ async def test_a_member_that_claims_the_ledger_role_gets_nothing_and_is_shown_as
         nursery.cancel_scope.cancel()
 
 
-async def _ok(value, predicate):
-    v = await value
-    return predicate(v), v
-
-
 def partial_serve(app):
     from functools import partial
 
@@ -90,10 +86,6 @@ async def test_hostile_requests_to_a_running_cluster_are_400s_and_nothing_is_stu
     """The requests that once answered 500 or were accepted and then stopped the fill pipeline,
     sent to real processes under order flow: each is a 400 naming the field, every peer goes on,
     and afterwards `murmur check` holds, the delivery check included."""
-    import subprocess
-
-    from .cluster_helpers import CLI
-
     async with launched(tmp_path / "c", peers=2, extra_args=["--flow-rate", "40"]) as cluster, \
             httpx.AsyncClient(timeout=5) as client:
         ex, lg = cluster.peer("exchange")["http"], cluster.peer("ledger")["http"]
@@ -129,7 +121,7 @@ async def test_hostile_requests_to_a_running_cluster_are_400s_and_nothing_is_stu
             return status["fills"] > 0 and status["outbox"]["pending"] == 0 and not status["outbox"]["alarm"], status
 
         await eventually(delivered, 30, "every fill delivered to the ledger, no outbox alarm")
-        check = subprocess.run([*CLI, "check", str(cluster.data_dir)], capture_output=True, text=True, timeout=60)
+        check = await run_command([*CLI, "check", str(cluster.data_dir)])
         assert check.returncode == 0, check.stdout + check.stderr
         assert "every fill reached the ledger within 10 s" in check.stdout
 

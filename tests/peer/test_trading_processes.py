@@ -18,11 +18,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from peer.exchange.tape import TapeReader, TapeWriterSync
 from peer.market_maker.rendezvous import assignment
+from peer.tools.processes import CLI, run_command
 
-from .cluster_helpers import CLI, Cluster, eventually, launched, log_lines
+from .cluster_helpers import Cluster, eventually, launched, log_lines
 
 pytestmark = pytest.mark.slow
 
@@ -51,11 +53,11 @@ async def wait_quoted_by(client: httpx.AsyncClient, cluster: Cluster, owners: di
     return await eventually(check, bound, what, every=0.1)
 
 
-def murmur_check(data_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, "check", str(data_dir)], capture_output=True, text=True, timeout=60)
+async def murmur_check(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return await run_command([*CLI, "check", str(data_dir)])
 
 
-async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave_then_a_new_peer_joins(tmp_path):
+async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave_then_a_new_peer_joins(peers, tmp_path):
     async with launched(tmp_path / "c", peers=3, extra_args=ARGS) as cluster, httpx.AsyncClient(timeout=2) as client:
         mms = ["mm-1", "mm-2", "mm-3"]
         start, _ = await wait_quoted_by(client, cluster, assignment(SYMBOLS, mms), 20,
@@ -77,7 +79,7 @@ async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave_then_a_new
                 assert after_kill[s]["epoch"] == start[s]["epoch"], f"{s} moved though its owner lived"
 
         # The killed peer comes back: it takes back exactly the symbols it wins, by hand-over.
-        cluster.restart(victim)
+        await cluster.restart(victim)
         back, _ = await wait_quoted_by(client, cluster, assignment(SYMBOLS, mms), 20,
                                        "the restarted peer quoting its own symbols again")
         for s in SYMBOLS:
@@ -93,7 +95,7 @@ async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave_then_a_new
         os.kill(cluster.peer(leaver)["pid"], signal.SIGTERM)
         await wait_quoted_by(client, cluster, assignment(SYMBOLS, ["mm-1", "mm-2"]), 10,
                              "the leaver's symbols handed over")
-        lines = log_lines(cluster, leaver)
+        lines = await log_lines(cluster, leaver)
         stopping = next(i for i, line in enumerate(lines) if line["event"] == "peer_stopping")
         handed = {line["symbol"] for line in lines[stopping:]
                   if line["event"] == "mm_authority" and line["reason"] == "released:hand-over"}
@@ -105,12 +107,9 @@ async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave_then_a_new
 
         # A brand-new market maker joins: only the symbols it wins move, all to it.
         before_join, _ = await exchange_truth(client, cluster)
-        newcomer = subprocess.Popen(
-            [*CLI, "peer", "--role", "mm", "--name", "mm-9", "--join", cluster.peer("mm-1")["gossip"],
-             "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir", str(tmp_path / "c" / "mm-9"),
-             "--profile", "local", "--quiet"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cluster.extra.append(newcomer)
+        newcomer, _ = await peers("mm", "--join", cluster.peer("mm-1")["gossip"], name="mm-9",
+                                  data_dir=tmp_path / "c" / "mm-9")
+        cluster.extra.append(newcomer)  # stopped with the cluster, before `murmur check`
         now_owners = assignment(SYMBOLS, ["mm-1", "mm-2", "mm-9"])
         won = {s for s, o in now_owners.items() if o == "mm-9"}
         assert won, "rendezvous gave the newcomer nothing: pick another name"
@@ -120,7 +119,7 @@ async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave_then_a_new
                 assert joined[s]["epoch"] > before_join[s]["epoch"]
             else:
                 assert joined[s]["epoch"] == before_join[s]["epoch"], f"{s} moved though the newcomer did not win it"
-    result = murmur_check(tmp_path / "c")
+    result = await murmur_check(tmp_path / "c")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "HELD" in result.stdout
 
@@ -139,7 +138,7 @@ async def test_full_restart_recovers_authority_positions_and_quotes_and_check_ca
         await eventually(some_fills, 20, "the flow fills some quotes")
         before_epochs = {s: a["epoch"] for s, a in (await exchange_truth(client, cluster))[0].items()}
     # Stopped (every peer left gracefully); the positions as the ledger committed them.
-    before = murmur_check(data)
+    before = await murmur_check(data)
     assert before.returncode == 0, before.stdout
 
     async with launched(data, peers=3, extra_args=ARGS) as cluster, httpx.AsyncClient(timeout=2) as client:
@@ -150,12 +149,23 @@ async def test_full_restart_recovers_authority_positions_and_quotes_and_check_ca
                                             "every symbol quoted again after a full restart")
         for s in SYMBOLS:
             assert authority[s]["epoch"] > before_epochs[s], "epochs survive the restart and keep growing"
-    after = murmur_check(data)
+    after = await murmur_check(data)
     assert after.returncode == 0, after.stdout
 
     # A tape doctored so that no quote is ever withdrawn or expired by the exchange: the new
     # epochs' quotes then overlap the old ones (their 30 s TTL had not run out at the restart).
     doctored = tmp_path / "doctored"
+    await trio.to_thread.run_sync(doctor, data, doctored)
+    result = await murmur_check(doctored)
+    assert result.returncode == 1, result.stdout
+    assert "violated    quotes of at most one epoch" in result.stdout
+    assert "live quotes of epochs" in result.stdout
+    print(result.stdout, file=sys.stderr)
+
+
+def doctor(data: Path, doctored: Path) -> None:
+    """A copy of the cluster's exchange tape and ledger in which no quote is ever withdrawn or
+    expired."""
     (doctored / "exchange").mkdir(parents=True)
     shutil.copytree(data / "ledger", doctored / "ledger")
     records = list(TapeReader(data / "exchange" / "exchange.tape").records())
@@ -168,8 +178,3 @@ async def test_full_restart_recovers_authority_positions_and_quotes_and_check_ca
     assert changed, "no quote was withdrawn or expired: nothing to doctor"
     with TapeWriterSync(doctored / "exchange" / "exchange.tape") as writer:
         writer.append_many([{k: v for k, v in copy.deepcopy(r).items() if k != "seq"} for r in records])
-    result = murmur_check(doctored)
-    assert result.returncode == 1, result.stdout
-    assert "violated    quotes of at most one epoch" in result.stdout
-    assert "live quotes of epochs" in result.stdout
-    print(result.stdout, file=sys.stderr)

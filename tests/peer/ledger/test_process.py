@@ -10,28 +10,17 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from tests.peer.cluster_helpers import start_peer
+from peer.tools.processes import peer_argv, run_command, stop_process
 
 pytestmark = pytest.mark.slow
 
 SYMBOLS = ["AAPL", "MSFT", "TSLA"]
-
-
-def argv(data_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "peer.cli", "peer", "--role", "ledger", "--name", "ledger", "--bind",
-            "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir", str(data_dir), "--profile", "local", "--quiet"]
-
-
-def start(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    return start_peer("ledger", data_dir)
 
 
 def make_fills(n: int, seed: int = 5) -> list[dict]:
@@ -52,45 +41,42 @@ async def all_fills(client: httpx.AsyncClient) -> list[dict]:
         after = page["next_after"]
 
 
-async def test_sigkill_mid_stream_then_restart_keeps_every_acknowledged_fill_exactly_once(tmp_path):
+async def test_sigkill_mid_stream_then_restart_keeps_every_acknowledged_fill_exactly_once(peers, tmp_path):
     data = tmp_path / "ledger"
-    data.mkdir()
     fills = make_fills(4000)
     batches = [fills[i:i + 40] for i in range(0, len(fills), 40)]
     acked: set[str] = set()
-    proc, url = start(data)
-    try:
-        with trio.fail_after(60):
-            async with httpx.AsyncClient(base_url=url, timeout=5) as client:
-                queue = list(batches)
-                killed = trio.Event()
+    proc, url = await peers("ledger", data_dir=data)
+    with trio.fail_after(60):
+        async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+            queue = list(batches)
+            enough, killed = trio.Event(), trio.Event()
 
-                async def sender() -> None:
-                    while queue and not killed.is_set():
-                        batch = queue.pop(0)
-                        try:
-                            r = await client.post("/fills", json={"fills": batch})
-                        except httpx.HTTPError:
-                            return  # the ledger is gone: this batch was never acknowledged
-                        if r.status_code == 200:
-                            acked.update(f["fill_id"] for f in batch)
+            async def sender() -> None:
+                while queue and not killed.is_set():
+                    batch = queue.pop(0)
+                    try:
+                        r = await client.post("/fills", json={"fills": batch})
+                    except httpx.HTTPError:
+                        return  # the ledger is gone: this batch was never acknowledged
+                    if r.status_code == 200:
+                        acked.update(f["fill_id"] for f in batch)
+                        if len(acked) >= 1200:
+                            enough.set()
 
-                async def killer() -> None:
-                    while len(acked) < 1200:
-                        await trio.sleep(0.002)
-                    os.kill(proc.pid, signal.SIGKILL)  # requests are in flight right now
-                    killed.set()
+            async def killer() -> None:
+                await enough.wait()
+                os.kill(proc.pid, signal.SIGKILL)  # requests are in flight right now
+                killed.set()
 
-                async with trio.open_nursery() as nursery:
-                    for _ in range(6):
-                        nursery.start_soon(sender)
-                    nursery.start_soon(killer)
-    finally:
-        proc.kill()
-        proc.wait(10)
+            async with trio.open_nursery() as nursery:
+                for _ in range(6):
+                    nursery.start_soon(sender)
+                nursery.start_soon(killer)
+    await stop_process(proc, signum=signal.SIGKILL)
     assert 1200 <= len(acked) < len(fills), "the kill came in the middle of the stream"
 
-    proc, url = start(data)
+    proc, url = await peers("ledger", data_dir=data)
     try:
         with trio.fail_after(60):
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
@@ -120,32 +106,18 @@ async def test_sigkill_mid_stream_then_restart_keeps_every_acknowledged_fill_exa
                                                params={"after_version": 0, "limit": 10_000})).json()["updates"]
                     assert [u["fill_id"] for u in stream] == [f["fill_id"] for f in mine]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        await stop_process(proc)
 
 
-def _refused_start(data: Path) -> str:
-    (data / "peer.json").unlink(missing_ok=True)
-    done = subprocess.run(argv(data), capture_output=True, text=True, timeout=30)
+async def _refused_start(data: Path) -> str:
+    await trio.Path(data / "peer.json").unlink(missing_ok=True)
+    done = await run_command(peer_argv("ledger", data), bound=30)
     assert done.returncode != 0, "a damaged ledger must not start"
-    assert not (data / "peer.json").exists(), "it never came up"
+    assert not await trio.Path(data / "peer.json").exists(), "it never came up"
     return done.stderr
 
 
-@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
-async def test_a_damaged_database_makes_the_process_refuse_to_start(tmp_path, damage):
-    data = tmp_path / "ledger"
-    data.mkdir()
-    proc, url = start(data)
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            for batch in range(20):
-                r = await client.post("/fills", json={"fills": make_fills(2000)[batch * 100:(batch + 1) * 100]})
-                assert r.status_code == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    db = data / "ledger.db"
+def _damage(db: Path, damage: str) -> None:
     size = db.stat().st_size
     with open(db, "r+b") as f:
         if damage == "truncated":
@@ -153,12 +125,28 @@ async def test_a_damaged_database_makes_the_process_refuse_to_start(tmp_path, da
         else:
             f.seek(size // 2 + 1234)
             f.write(bytes(random.Random(3).randrange(256) for _ in range(400)))
-    before = db.read_bytes()
-    stderr = _refused_start(data)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+async def test_a_damaged_database_makes_the_process_refuse_to_start(peers, tmp_path, damage):
+    data = tmp_path / "ledger"
+    proc, url = await peers("ledger", data_dir=data)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            for batch in range(20):
+                r = await client.post("/fills", json={"fills": make_fills(2000)[batch * 100:(batch + 1) * 100]})
+                assert r.status_code == 200
+    finally:
+        await stop_process(proc)
+    assert proc.returncode == 0, "a clean stop"
+    db = data / "ledger.db"
+    await trio.to_thread.run_sync(_damage, db, damage)
+    before = await trio.Path(db).read_bytes()
+    stderr = await _refused_start(data)
     # One clear line naming the file and the runbook step, not a traceback.
     assert stderr.startswith(f"murmur peer: cannot start: {db}: damaged"), stderr
     assert "Traceback" not in stderr
     assert 'docs/runbook.md, section "Damaged ledger database"' in stderr
-    assert db.read_bytes() == before, "nothing was rebuilt or cut"
-    log = [json.loads(line) for line in (data / "ledger.log").read_text().splitlines()]
-    assert any(line["event"] == "ledger_refused" for line in log)
+    assert await trio.Path(db).read_bytes() == before, "nothing was rebuilt or cut"
+    text = await trio.Path(data / "ledger.log").read_text()
+    assert any(json.loads(line)["event"] == "ledger_refused" for line in text.splitlines())

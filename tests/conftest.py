@@ -1,0 +1,62 @@
+"""What every test may use: a wall clock the test moves, peer processes that never outlive a test.
+
+The rest of the kit is `peer.tools.processes` (shared with bench/): `poll_until`, `start_peer`,
+`stop_process`, `stop_group`, `pid_alive`. Virtual time is pytest-trio's `autojump_clock`
+fixture; DEVELOPERS.md ("Test kit") says when a test can use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from peer.tools.processes import start_peer, stop_group
+
+T0 = 1_700_000_000.0  # the fake clock's start: a plausible wall time (seconds since the epoch)
+
+
+class FakeClock:
+    """A wall clock (the `clock=` of the services, `time.time` in production) that moves only
+    when the test moves it: `clock()` is now; `clock.advance(6)` or `clock.t += 6` moves it.
+    It is not trio's clock: timers (trio.sleep, leases waited on with move_on_after) still run
+    on trio's time, real or virtual."""
+
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> float:
+        self.t += seconds
+        return self.t
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A FakeClock at T0."""
+    return FakeClock()
+
+
+@pytest.fixture
+async def peers(tmp_path: Path):
+    """`await peers(role, *extra, data_dir=None, name=None, bound=20.0)` starts a `murmur peer`
+    (port 0, local profile; its data in `tmp_path/<name>` unless given) and returns (Popen, HTTP
+    URL) once /health answers. Every process started so is stopped (SIGTERM, then SIGKILL) when
+    the test ends, whatever happened; a test may stop one earlier (`stop_process`)."""
+    started = []
+
+    async def start(role: str, *extra: str, data_dir: Path | None = None, name: str | None = None,
+                    bound: float = 20.0):
+        proc, url = await start_peer(role, data_dir or tmp_path / (name or role), *extra, name=name,
+                                     bound=bound)
+        started.append(proc)
+        return proc, url
+
+    try:
+        yield start
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(stop_group, started)
