@@ -1,10 +1,11 @@
 """One peer process: identity, UDP transport, gossip node, HTTP API, discovery, clean stop.
 
-What it is for: `murmur peer` and every process `murmur launch` starts call `run_peer`. It wires
-the gossip shell to the data directory (name and incarnation survive restarts), to the JSON log
-and to HTTP; on SIGINT or SIGTERM it leaves the cluster gracefully (others record `left`, not
-`dead`), stops HTTP and returns. It must never hold membership logic of its own: the view is
-the node's, this module only starts, reports and stops things.
+What it is for: `murmur peer` and every process `murmur launch` starts call `run_peer` with a
+`peer.options.PeerOptions`. It wires the gossip shell to the data directory (name and
+incarnation survive restarts), to the JSON log and to HTTP; on SIGINT or SIGTERM it leaves the
+cluster gracefully (others record `left`, not `dead`), stops HTTP and returns. It must never
+hold membership logic of its own: the view is the node's, this module only starts, reports and
+stops things.
 
 Files in the data directory: `identity.json` (gossip.identity), `<name>.log` (JSON lines) and
 `peer.json` (this run's pid and bound addresses, written once the peer is up, removed on a clean
@@ -19,7 +20,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,53 +33,16 @@ from peer.addresses import format_address, http_url, is_unspecified
 from peer.dirlock import lock_directory
 from peer.http.endpoints import PeerHandle, create_app, serve_http
 from peer.logs import JsonLog, wall_iso
+from peer.options import ROLES, PeerOptions
 from peer.roles import RoleDirectory
 
-ROLES = ("mm", "exchange", "ledger")
 PEER_FILE = "peer.json"
 # Bound on the graceful leave broadcast: long enough for a few gossip rounds on a LAN.
 LEAVE_BOUND = 1.0
-# Once asked to stop, the process is gone within this, even if something inside stops yielding
-# to trio (then cancellation cannot reach it): a watchdog thread logs and exits hard.
-STOP_WATCHDOG = 5.0
+# Once asked to stop, the process is gone within `PeerOptions.stop_watchdog`, even if something
+# inside stops yielding to trio (then cancellation cannot reach it): a watchdog thread logs and
+# exits hard, with this code.
 EXIT_STUCK = 70
-
-
-@dataclass
-class PeerOptions:
-    role: str
-    name: str | None = None
-    bind: Address = ("127.0.0.1", 7946)
-    http: Address = ("127.0.0.1", 0)
-    join: list[Address] = field(default_factory=list)
-    discover: bool = False
-    cluster: str = "murmur"
-    # Interfaces for mDNS: "all", "default" or a comma-separated list of addresses.
-    interfaces: str = "all"
-    data_dir: Path | None = None
-    profile: str = "lan"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    # JSON lines on stderr too (the launcher turns this off and keeps only the file).
-    log_stderr: bool = True
-    seed: int | None = None
-    # Seconds a stop may take before the process exits hard; None for peers run in-process.
-    stop_watchdog: float | None = STOP_WATCHDOG
-    # The exchange role's settings (ignored by other roles).
-    symbols: list[str] | None = None
-    market_seed: int = 1
-    flow_rate: float = 0.0
-    quote_ttl: float = 30.0
-    lease: float = 2.0
-    # The ledger role's settings (ignored by other roles): the global exposure limit, each side.
-    exposure_limit: int = 100
-    # The market maker's quoting (ignored by other roles): ticks from the centre, size per side.
-    half_spread: int = 2
-    quote_size: int = 5
-
-    def resolved_data_dir(self) -> Path:
-        if self.data_dir is not None:
-            return Path(self.data_dir)
-        return Path("data") / (self.name or self.role)
 
 
 def write_peer_file(data_dir: Path, info: dict[str, Any]) -> None:
@@ -292,11 +255,11 @@ async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: Pe
 
     service = ExchangeService(
         data_dir,
-        symbols=opts.symbols,
-        seed=opts.market_seed,
-        flow_rate=opts.flow_rate,
-        quote_ttl=opts.quote_ttl,
-        lease_duration=opts.lease,
+        symbols=opts.exchange.symbols,
+        seed=opts.exchange.market_seed,
+        flow_rate=opts.exchange.flow_rate,
+        quote_ttl=opts.exchange.quote_ttl,
+        lease_duration=opts.exchange.lease,
         is_alive=is_alive,
         log=log,
     )
@@ -312,7 +275,7 @@ async def _start_ledger(nursery, opts: PeerOptions, data_dir: Path, handle: Peer
 
     # Opening checks the database before anything is served; a damaged one raises
     # LedgerDamaged here, and the peer does not start.
-    service = LedgerService(data_dir, exposure_limit=opts.exposure_limit, log=log)
+    service = LedgerService(data_dir, exposure_limit=opts.ledger.exposure_limit, log=log)
     await nursery.start(service.run)
     return service
 
@@ -326,10 +289,11 @@ async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: 
         name,
         members=node.members,
         log=log,
-        quote_config=QuoteConfig(half_spread=opts.half_spread, size=opts.quote_size),
-        planner_config=PlannerConfig(quote_ttl=opts.quote_ttl),
-        # The exchange's lease; the core never believes in a longer one than the exchange reports.
-        authority_config=AuthorityConfig(lease_duration=opts.lease),
+        quote_config=QuoteConfig(half_spread=opts.mm.half_spread, size=opts.mm.quote_size),
+        # The exchange's quote TTL and lease: a market maker is given the exchange's values (the
+        # core never believes in a longer lease than the exchange reports).
+        planner_config=PlannerConfig(quote_ttl=opts.exchange.quote_ttl),
+        authority_config=AuthorityConfig(lease_duration=opts.exchange.lease),
         seed=opts.seed or 0,
         roles=handle.roles,
     )

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ledger.exposure import LIMIT
 from peer.commands._common import UsageError, positive_int_arg, positive_seconds_arg
 from peer.exchange.tape import CorruptTape, NotATape, TapeReader
 from peer.tools.checker import DELIVERY_BOUND, Verdict, check_ledger, check_tape
@@ -50,8 +51,8 @@ examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="the cluster's data directory (as given to launch)")
-    p.add_argument("--exposure-limit", type=positive_int_arg, default=100,
-                   help="the ledger's global exposure limit, each side (default: 100)")
+    p.add_argument("--exposure-limit", type=positive_int_arg, default=LIMIT,
+                   help=f"the ledger's global exposure limit, each side (default: {LIMIT})")
     p.add_argument("--delivery-bound", type=positive_seconds_arg, default=DELIVERY_BOUND, metavar="SECONDS",
                    help="a fill the ledger lacks, older than this while the ledger was answering, is a violation "
                         f"of invariant 2 (default: {DELIVERY_BOUND:g}; on several machines add their clock skew)")

@@ -11,22 +11,9 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from gossip.config import DEFAULT_CLUSTER
-from peer.commands._common import (
-    UsageError,
-    cluster_name_arg,
-    non_negative_float,
-    overrides_from,
-    port_arg,
-    positive_float,
-    positive_int_arg,
-    profile_arg,
-    set_arg,
-    single_leaf,
-    symbols_arg,
-)
+from peer.commands._common import UsageError, single_leaf
 from peer.dirlock import DirectoryInUse, lock_directory
-from peer.tools.cluster_file import DEFAULT_DATA_DIR
+from peer.options import add_flags, from_args
 
 NAME = "launch"
 HELP = "start N market makers + an exchange + a ledger on 127.0.0.1"
@@ -42,6 +29,9 @@ Ctrl-C (or SIGTERM) makes every peer leave gracefully and stop; peers still runn
 --stop-timeout are killed. If the launcher itself is killed, the kernel stops the peers (Linux).
 Re-running with the same --data-dir brings the same names back with higher incarnations.
 
+Every role flag of `murmur peer` is a flag here too, passed on to the peers of that role (and
+--cluster, --profile, --set to every peer); cluster.json's `restart` shows each peer's flags.
+
 examples:
   murmur launch --peers 5
   murmur launch --peers 20 --data-dir /tmp/murmur --set probe_interval=0.1
@@ -52,95 +42,20 @@ MAX_PEERS = 500
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--peers",
-        type=positive_int_arg,
-        default=5,
-        metavar="N",
-        help="number of market-maker peers (default: 5; plus exchange and ledger)",
-    )
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help=f"where cluster.json and each peer's directory go (default: ./{DEFAULT_DATA_DIR})",
-    )
-    p.add_argument(
-        "--profile",
-        type=profile_arg,
-        default="local",
-        help="protocol timings: local (probe 200 ms) or lan (probe 1 s) (default: local)",
-    )
-    p.add_argument(
-        "--base-port",
-        type=port_arg,
-        metavar="PORT",
-        help="give peer i gossip port PORT+2i and HTTP port PORT+2i+1 "
-        "(default: free ports chosen by the OS)",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        type=set_arg,
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a protocol parameter on every peer, e.g. --set probe_interval=0.5",
-    )
-    p.add_argument(
-        "--startup-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="give up if a peer does not answer /health within this (default: 30)",
-    )
-    p.add_argument("--symbols", type=symbols_arg,
-                   help="symbols the exchange lists (default: AAPL,AMZN,GOOG,META,MSFT,NFLX,NVDA,TSLA)")
-    p.add_argument("--market-seed", type=int, default=1,
-                   help="seed of the exchange's reference prices and external order flow (default: 1)")
-    p.add_argument("--flow-rate", type=non_negative_float, default=20.0,
-                   help="external orders per second generated inside the exchange (default: 20; 0 for none)")
-    p.add_argument("--exposure-limit", type=positive_int_arg, default=100,
-                   help="the ledger's global exposure limit, each side (default: 100)")
-    p.add_argument("--lease", type=positive_float, default=2.0,
-                   help="seconds an authority lease lasts without renewal, at the exchange and in "
-                   "every market maker (default: 2)")
-    p.add_argument("--cluster", type=cluster_name_arg, default=DEFAULT_CLUSTER,
-                   help="the cluster's name: every gossip packet carries it, and peers of another name "
-                   f"never merge in (default: {DEFAULT_CLUSTER})")
-    p.add_argument(
-        "--stop-timeout",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="on Ctrl-C, kill peers that have not stopped within this (default: 5)",
-    )
+    from peer.tools.launcher import LaunchOptions
+
+    add_flags(p, LaunchOptions)
 
 
 def run(args: argparse.Namespace) -> int:
     from peer.tools.launcher import Launcher, LaunchError, LaunchOptions
 
-    if args.peers > MAX_PEERS:
-        raise UsageError(f"--peers must be at most {MAX_PEERS}, got {args.peers}")
-    total = args.peers + 2
-    if args.base_port is not None and args.base_port + 2 * total - 1 > 65535:
-        raise UsageError(f"--base-port {args.base_port} leaves no room for {total} peers")
-    if args.startup_timeout <= 0 or args.stop_timeout <= 0:
-        raise UsageError("--startup-timeout and --stop-timeout must be positive")
-    opts = LaunchOptions(
-        peers=args.peers,
-        data_dir=args.data_dir,
-        profile=args.profile,
-        base_port=args.base_port,
-        overrides=overrides_from(args.overrides),
-        startup_timeout=args.startup_timeout,
-        stop_timeout=args.stop_timeout,
-        symbols=args.symbols,
-        market_seed=args.market_seed,
-        flow_rate=args.flow_rate,
-        exposure_limit=args.exposure_limit,
-        lease=args.lease,
-        cluster=args.cluster,
-    )
+    opts = from_args(LaunchOptions, args)
+    if opts.peers > MAX_PEERS:
+        raise UsageError(f"--peers must be at most {MAX_PEERS}, got {opts.peers}")
+    total = opts.peers + 2
+    if opts.base_port is not None and opts.base_port + 2 * total - 1 > 65535:
+        raise UsageError(f"--base-port {opts.base_port} leaves no room for {total} peers")
     console = Console(highlight=False)
     launcher = Launcher(opts, say=lambda text: console.print(text, markup=False))
     try:

@@ -26,8 +26,10 @@ from book.exchange import CommandError, ExchangeCore
 from book.market import OrderFlow, ReferencePrices
 from peer.exchange.tape import TapeClosed, TapeReader, TapeWriter, scan
 from peer.logs import JsonLog
+from peer.options import DEFAULT_SYMBOLS, ExchangeOptions
 
-DEFAULT_SYMBOLS = ["AAPL", "AMZN", "GOOG", "META", "MSFT", "NFLX", "NVDA", "TSLA"]
+# The service takes the defaults of `murmur peer --role exchange` (written once, in peer.options).
+_DEFAULT = ExchangeOptions()
 TAPE_FILE = "exchange.tape"
 
 
@@ -41,10 +43,10 @@ class ExchangeService:
         data_dir: Path,
         *,
         symbols: list[str] | None = None,
-        seed: int = 1,
-        flow_rate: float = 0.0,
-        quote_ttl: float = 30.0,
-        lease_duration: float = 2.0,
+        seed: int = _DEFAULT.market_seed,
+        flow_rate: float = _DEFAULT.flow_rate,
+        quote_ttl: float = _DEFAULT.quote_ttl,
+        lease_duration: float = _DEFAULT.lease,
         is_alive: Callable[[str], bool] = lambda name: True,
         log: JsonLog | None = None,
         clock: Callable[[], float] = time.time,

@@ -42,6 +42,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from book.exchange import LEASE_DURATION
 from peer.backoff import Backoff
 
 
@@ -173,7 +174,7 @@ class ExchangeAnswer:
 
 @dataclass(frozen=True, slots=True)
 class AuthorityConfig:
-    lease_duration: float = 2.0  # the exchange's --lease; never trust a longer lease than this
+    lease_duration: float = LEASE_DURATION  # the exchange's --lease; never trust a longer one
     drift_margin: float = 0.1  # taken off every lease: the exchange's clock may run faster than ours
     quote_margin: float = 0.1  # no quote op this close to the local lease end: it may land late
     renew_fraction: float = 1 / 3  # renew after this share of the lease

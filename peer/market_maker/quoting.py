@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
+from book.exchange import QUOTE_TTL
+
 # --- what to quote ------------------------------------------------------------------------------
 
 
@@ -141,7 +143,7 @@ AttemptKind = Literal["new", "refresh", "cancel"]
 @dataclass(frozen=True, slots=True)
 class PlannerConfig:
     refresh_interval: float = 5.0  # an active quote is refreshed at least this often
-    quote_ttl: float = 30.0  # the exchange's --quote-ttl
+    quote_ttl: float = QUOTE_TTL  # the exchange's --quote-ttl
     ttl_margin: float = 2.0  # a quote is never left this close to its TTL
     price_threshold: int = 2  # ticks the reference must move to requote at once
     retry_interval: float = 0.25  # after a refused attempt or a timeout

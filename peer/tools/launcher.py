@@ -24,19 +24,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
-from gossip.config import DEFAULT_CLUSTER
 from gossip.types import Address
-from peer.addresses import format_address
+from peer.commands._common import port_arg, positive_int_arg, positive_seconds_arg
 from peer.logs import wall_iso
+from peer.options import (
+    ExchangeOptions,
+    LedgerOptions,
+    MarketMakerOptions,
+    PeerOptions,
+    command_line,
+    option,
+    passed_on,
+    passed_values,
+)
 from peer.runner import read_peer_file
-from peer.tools.cluster_file import FILE_NAME, write_cluster
+from peer.tools.cluster_file import DEFAULT_DATA_DIR, FILE_NAME, write_cluster
 
 HOST = "127.0.0.1"
 PR_SET_PDEATHSIG = 1
@@ -75,24 +84,48 @@ class Child:
 
 @dataclass
 class LaunchOptions:
-    peers: int
-    data_dir: Path
-    profile: str = "local"
-    base_port: int | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    startup_timeout: float = 30.0
-    stop_timeout: float = 5.0
+    """`murmur launch`'s own settings, then those it passes on to every peer it starts."""
+
+    peers: int = option(
+        5,
+        "number of market-maker peers (plus the exchange and the ledger)",
+        parse=positive_int_arg,
+        metavar="N",
+    )
+    data_dir: Path = option(
+        DEFAULT_DATA_DIR,
+        "where cluster.json and each peer's directory go",
+        parse=Path,
+        default_text=f"./{DEFAULT_DATA_DIR}",
+    )
+    base_port: int | None = option(
+        None,
+        "give peer i gossip port PORT+2i and HTTP port PORT+2i+1",
+        parse=port_arg,
+        metavar="PORT",
+        default_text="free ports chosen by the OS",
+    )
+    startup_timeout: float = option(
+        30.0,
+        "give up if a peer does not answer /health within this",
+        parse=positive_seconds_arg,
+        metavar="SECONDS",
+    )
+    stop_timeout: float = option(
+        5.0,
+        "on Ctrl-C, kill peers that have not stopped within this",
+        parse=positive_seconds_arg,
+        metavar="SECONDS",
+    )
     python: str = sys.executable
-    # The exchange's market: its symbols, the seed of prices and flow, external orders per second.
-    symbols: list[str] | None = None
-    market_seed: int = 1
-    flow_rate: float = 20.0
-    # The ledger's global exposure limit, each side.
-    exposure_limit: int = 100
-    # Seconds an authority lease lasts: the exchange grants it, market makers must know it.
-    lease: float = 2.0
-    # The cluster's name, carried by every gossip packet: peers of another name never merge in.
-    cluster: str = DEFAULT_CLUSTER
+    # Passed on: PeerOptions' fields of the same name, with launch's defaults where it has its
+    # own (--profile local, --flow-rate 20). A field added to a role group arrives by itself.
+    cluster: str = passed_on("cluster")
+    profile: str = passed_on("profile")
+    overrides: dict[str, Any] = passed_on("overrides")
+    exchange: ExchangeOptions = passed_on("exchange")
+    ledger: LedgerOptions = passed_on("ledger")
+    mm: MarketMakerOptions = passed_on("mm")
 
 
 def peer_specs(opts: LaunchOptions) -> list[PeerSpec]:
@@ -111,43 +144,32 @@ def peer_specs(opts: LaunchOptions) -> list[PeerSpec]:
     return specs
 
 
+def peer_options(
+    opts: LaunchOptions, spec: PeerSpec, bind: Address, http: Address, join: list[Address]
+) -> PeerOptions:
+    """What one launched peer runs with: its place in the cluster, and what launch passes on."""
+    return PeerOptions(
+        role=spec.role,
+        name=spec.name,
+        bind=bind,
+        http=http,
+        join=list(join),
+        data_dir=spec.data_dir,
+        log_stderr=False,
+        **passed_values(opts),
+    )
+
+
 def peer_argv(
     opts: LaunchOptions, spec: PeerSpec, bind: Address, http: Address, join: list[Address]
 ) -> list[str]:
-    argv = [
+    return [
         opts.python,
         "-m",
         "peer.cli",
         "peer",
-        "--role",
-        spec.role,
-        "--name",
-        spec.name,
-        "--bind",
-        format_address(bind),
-        "--http",
-        format_address(http),
-        "--data-dir",
-        str(spec.data_dir),
-        "--profile",
-        opts.profile,
-        "--cluster",
-        opts.cluster,
-        "--quiet",
+        *command_line(peer_options(opts, spec, bind, http, join)),
     ]
-    if join:
-        argv += ["--join", ",".join(format_address(a) for a in join)]
-    for key, value in opts.overrides.items():
-        argv += ["--set", f"{key}={value}"]
-    if spec.role in ("exchange", "mm"):
-        argv += ["--lease", str(opts.lease)]
-    if spec.role == "exchange":
-        argv += ["--market-seed", str(opts.market_seed), "--flow-rate", str(opts.flow_rate)]
-        if opts.symbols:
-            argv += ["--symbols", ",".join(opts.symbols)]
-    if spec.role == "ledger":
-        argv += ["--exposure-limit", str(opts.exposure_limit)]
-    return argv
 
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None]:

@@ -1,7 +1,9 @@
-"""The `murmur` command line (`peer/cli.py`, `peer/commands/`): usage errors and `members`."""
+"""The `murmur` command line (`peer/cli.py`, `peer/commands/`): usage errors, the flags `peer`
+and `launch` share, and `members`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import sys
@@ -10,10 +12,12 @@ from functools import partial
 import pytest
 import trio
 
-from peer.cli import main
+from peer.cli import build_parser, main
 from peer.commands.members import format_serf
 from peer.http.endpoints import PeerHandle, create_app, serve_http
+from peer.options import PeerOptions, flag_of, from_args, groups_of
 from peer.tools.cluster_file import write_cluster
+from peer.tools.launcher import LaunchOptions, peer_argv, peer_specs
 
 from .fakes import FakeNode
 
@@ -58,6 +62,9 @@ async def run_cli(*argv: str) -> int:
         (["launch", "--peers", "many"], "whole number"),
         (["launch", "--base-port", "70000"], "port must be"),
         (["launch", "--base-port", "65530"], "no room"),
+        (["launch", "--startup-timeout", "0"], "positive number of seconds"),
+        (["launch", "--flow-rate", "-1"], ">= 0"),
+        (["launch", "--half-spread", "0"], "at least 1"),
         (["members", "--peer", "http://x", "--cluster", "c.json"], "not allowed with"),
         (["top", "--interval", "0"], "--interval"),
         (["dance"], "invalid choice"),
@@ -103,6 +110,83 @@ def test_every_command_has_help_with_examples(command, capsys):
     out = capsys.readouterr().out
     assert f"murmur {command}" in out
     assert "examples:" in out
+
+
+GROUP_NAMES = {cls: name for name, cls in groups_of(PeerOptions).items()}
+ROLE_FIELDS = [(cls, f) for cls in GROUP_NAMES for f in dataclasses.fields(cls)]
+# A value other than the default for every role option, as typed and as parsed. A new option
+# fails the tests below until it has one here.
+SAMPLES = {
+    "symbols": ("AAPL,MSFT", ["AAPL", "MSFT"]),
+    "market_seed": ("9", 9),
+    "flow_rate": ("7.5", 7.5),
+    "quote_ttl": ("40", 40.0),
+    "lease": ("3", 3.0),
+    "exposure_limit": ("50", 50),
+    "half_spread": ("4", 4),
+    "quote_size": ("6", 6),
+}
+
+
+def help_of(command: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # unwrapped
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize(("group", "field"), ROLE_FIELDS, ids=lambda x: getattr(x, "name", ""))
+def test_every_role_option_is_a_flag_of_peer_and_of_launch(group, field, capsys):
+    flag = "--" + field.name.replace("_", "-")
+    for command in ("peer", "launch"):
+        assert f"{flag} " in help_of(command, capsys), f"{flag} not in murmur {command} --help"
+
+
+def test_every_role_option_has_a_sample_value_for_these_tests():
+    assert set(SAMPLES) == {f.name for _, f in ROLE_FIELDS}
+
+
+def test_a_value_given_to_launch_reaches_the_command_line_of_each_peer_that_reads_it():
+    argv = ["launch", "--cluster", "desk-b", "--profile", "lan", "--set", "probe_interval=0.5"]
+    for name, (text, _) in SAMPLES.items():
+        argv += ["--" + name.replace("_", "-"), text]
+    opts = from_args(LaunchOptions, parse(*argv))
+    seen = set()
+    for spec in peer_specs(opts):
+        command = peer_argv(opts, spec, spec.bind, spec.http, [("127.0.0.1", 9)])
+        assert command[1:4] == ["-m", "peer.cli", "peer"]
+        peer = from_args(PeerOptions, parse(*command[3:]))
+        assert (peer.role, peer.cluster, peer.profile) == (spec.role, "desk-b", "lan")
+        assert peer.overrides == {"probe_interval": 0.5} and not peer.log_stderr
+        for group, field in ROLE_FIELDS:
+            flag = flag_of(field)
+            got = getattr(getattr(peer, GROUP_NAMES[group]), field.name)
+            if spec.role == group.ROLE or spec.role in flag.also:
+                assert got == SAMPLES[field.name][1], (spec.name, field.name)
+                seen.add(field.name)
+            else:  # a peer is given only what its role reads
+                assert flag.name(field) not in command, (spec.name, field.name)
+    assert seen == set(SAMPLES)
+
+
+def test_flow_rate_none_for_a_peer_and_20_for_a_launch_and_both_helps_say_why(capsys):
+    assert from_args(PeerOptions, parse("peer", "--role", "exchange")).exchange.flow_rate == 0
+    assert from_args(LaunchOptions, parse("launch")).exchange.flow_rate == 20
+    peer, launch = help_of("peer", capsys), help_of("launch", capsys)
+    building_block = (
+        "because a peer is a building block: orders come from clients such as `murmur flow`"
+    )
+    demo = "so that the demo cluster trades at once and `murmur top` shows fills"
+    assert f"(default: 0 {building_block}; `murmur launch` uses 20 {demo})" in peer
+    assert f"(default: 20 {demo}; `murmur peer` uses 0 {building_block})" in launch
+
+
+def test_flags_left_out_give_the_dataclasses_defaults():
+    assert from_args(PeerOptions, parse("peer", "--role", "mm")) == PeerOptions(role="mm")
+    assert from_args(LaunchOptions, parse("launch")) == LaunchOptions()
 
 
 def test_no_command_prints_the_overview(capsys):

@@ -1,4 +1,5 @@
-"""The launcher's command lines: every peer it starts carries the cluster's name."""
+"""The launcher's command lines: every peer it starts carries the cluster's name, and the flags
+of each peer give it exactly the options the launcher meant."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from peer.cli import main
-from peer.tools.launcher import LaunchOptions, peer_argv, peer_specs
+from peer.cli import build_parser, main
+from peer.options import ExchangeOptions, PeerOptions, command_line, from_args
+from peer.tools.launcher import LaunchOptions, peer_argv, peer_options, peer_specs
 
 
 def test_every_launched_peer_is_given_the_clusters_name(tmp_path: Path):
@@ -26,3 +28,27 @@ def test_an_empty_or_overlong_cluster_name_is_a_usage_error(capsys, tmp_path):
             main(["launch", "--data-dir", str(tmp_path), "--cluster", name])
         assert exc.value.code == 2
         assert "cluster name" in capsys.readouterr().err
+
+
+def test_each_peers_command_line_parses_back_to_the_options_the_launcher_meant(tmp_path: Path):
+    opts = LaunchOptions(
+        peers=2,
+        data_dir=tmp_path,
+        base_port=7000,
+        overrides={"probe_interval": 0.5, "suspicion_mult": 3},
+        exchange=ExchangeOptions(symbols=["AAPL"], flow_rate=3.5, lease=4.0),
+    )
+    join = [("127.0.0.1", 7000), ("127.0.0.1", 7002)]
+    for spec in peer_specs(opts):
+        meant = peer_options(opts, spec, spec.bind, spec.http, join)
+        argv = peer_argv(opts, spec, spec.bind, spec.http, join)
+        parsed = from_args(PeerOptions, build_parser().parse_args(argv[3:]))
+        # Of the role groups a peer is given what its role reads; the rest stays at the defaults.
+        assert command_line(parsed) == command_line(meant) == argv[4:]
+        common = ("role", "name", "bind", "http", "join", "cluster", "data_dir", "profile",
+                  "overrides", "log_stderr")
+        assert [getattr(parsed, k) for k in common] == [getattr(meant, k) for k in common]
+        if spec.role == "exchange":
+            assert parsed == meant
+        if spec.role == "mm":
+            assert (parsed.exchange.lease, parsed.exchange.flow_rate) == (4.0, 0.0)
