@@ -22,7 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,8 @@ from peer.tools.cluster_file import DEFAULT_DATA_DIR, FILE_NAME, write_cluster
 HOST = "127.0.0.1"
 PR_SET_PDEATHSIG = 1
 POLL = 0.05
+# How long a SIGKILLed peer may take to be reaped.
+KILL_WAIT = 5.0
 
 
 class LaunchError(Exception):
@@ -338,17 +339,13 @@ class Launcher:
         live = [c for c in self.children if c.alive()]
         for c in live:
             _signal(c, signal.SIGTERM)
-        deadline = time.monotonic() + self.opts.stop_timeout
-        while any(c.alive() for c in live) and time.monotonic() < deadline:
-            await trio.sleep(POLL)
+        with trio.move_on_after(self.opts.stop_timeout):
+            await _reap(live)
         killed = [c for c in live if c.alive()]
         for c in killed:
             _signal(c, signal.SIGKILL)
-        for c in self.children:
-            try:
-                c.popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        with trio.move_on_after(KILL_WAIT):
+            await _reap(self.children)
         if self.children:
             graceful = len(live) - len(killed)
             self.say(
@@ -357,6 +354,13 @@ class Launcher:
             )
         if self.cluster_path.exists() and any(c.info for c in self.children):
             write_cluster(self.cluster_path, self.cluster_data("stopped"))
+
+
+async def _reap(children: list[Child]) -> None:
+    """Until every child has exited (and is reaped). Popen offers no awaitable wait, so a worker
+    thread waits; cancelled, it is abandoned and returns once the child is gone."""
+    for c in children:
+        await trio.to_thread.run_sync(c.popen.wait, abandon_on_cancel=True)
 
 
 def _signal(child: Child, signum: int) -> None:
