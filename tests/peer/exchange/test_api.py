@@ -12,6 +12,7 @@ from book.bounds import MAX_PRICE, MAX_QUANTITY
 from peer.exchange.api import exchange_routes
 from peer.exchange.service import ExchangeService
 from peer.http.endpoints import PeerHandle, create_app
+from peer.tools.processes import poll_until
 from tests.peer.fakes import FakeNode
 
 
@@ -66,7 +67,9 @@ async def test_fills_long_poll_returns_when_a_fill_happens(api):
     await claim_and_quote(api)
 
     async def later():
-        await trio.sleep(0.05)
+        # Once the long poll waits for the next fill, the order that makes one wakes it.
+        await poll_until(lambda: api.service.fill_added.statistics().tasks_waiting, 5,
+                         "the long poll waiting for a fill", every=0.001)
         await api.post("/orders", json={"order_id": "o1", "symbol": "AAPL", "side": "sell", "type": "market",
                                         "quantity": 1})
 

@@ -20,14 +20,8 @@ from peer.exchange.outbox import deliver_fills
 from peer.exchange.service import TAPE_FILE, ExchangeService, TapeDivergence
 from peer.exchange.tape import TapeError, TapeReader, open_for_append
 from peer.http.endpoints import serve_http
-
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from peer.tools.processes import poll_until
+from tests.conftest import FakeClock
 
 
 async def started(nursery, path, clock, **kw) -> ExchangeService:
@@ -36,7 +30,7 @@ async def started(nursery, path, clock, **kw) -> ExchangeService:
     return service
 
 
-async def trade(service: ExchangeService, clock: Clock) -> None:
+async def trade(service: ExchangeService, clock: FakeClock) -> None:
     assert (await service.command("claim", {"symbol": "AAPL", "holder": "mm-1", "epoch": 7}))["accepted"]
     clock.t += 0.1
     q = await service.command("put_quote", {"symbol": "AAPL", "holder": "mm-1", "epoch": 7, "seq": 1, "quote_id": "q1",
@@ -50,8 +44,7 @@ async def trade(service: ExchangeService, clock: Clock) -> None:
         assert len(answer["fills"]) == 1
 
 
-async def test_restart_rebuilds_epochs_quotes_book_and_fills_from_the_tape(tmp_path):
-    clock = Clock()
+async def test_restart_rebuilds_epochs_quotes_book_and_fills_from_the_tape(tmp_path, clock):
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             service = await started(nursery, tmp_path, clock)
@@ -77,8 +70,7 @@ async def test_restart_rebuilds_epochs_quotes_book_and_fills_from_the_tape(tmp_p
             nursery.cancel_scope.cancel()
 
 
-async def test_fill_ids_carry_the_instance_and_differ_across_fresh_tapes(tmp_path):
-    clock = Clock()
+async def test_fill_ids_carry_the_instance_and_differ_across_fresh_tapes(tmp_path, clock):
     ids = []
     for sub in ("a", "b"):
         async with trio.open_nursery() as nursery:
@@ -89,8 +81,7 @@ async def test_fill_ids_carry_the_instance_and_differ_across_fresh_tapes(tmp_pat
     assert ids[0].isdisjoint(ids[1])
 
 
-async def test_claim_records_the_membership_verdict_so_replay_agrees(tmp_path):
-    clock = Clock()
+async def test_claim_records_the_membership_verdict_so_replay_agrees(tmp_path, clock):
     alive = {"mm-1": True}
     async with trio.open_nursery() as nursery:
         service = await started(nursery, tmp_path, clock, is_alive=lambda n: alive.get(n, False))
@@ -106,8 +97,7 @@ async def test_claim_records_the_membership_verdict_so_replay_agrees(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-async def test_outbox_delivers_every_fill_in_order_until_acknowledged_and_resumes_after_restart(tmp_path):
-    clock = Clock()
+async def test_outbox_delivers_every_fill_in_order_until_acknowledged_and_resumes_after_restart(tmp_path, clock):
     received: list[str] = []
     failures = {"left": 2}
 
@@ -125,15 +115,17 @@ async def test_outbox_delivers_every_fill_in_order_until_acknowledged_and_resume
             service = await started(nursery, tmp_path, clock)
             await nursery.start(deliver_fills, service, lambda: url)
             await trade(service, clock)
-            while service.ledger_acked < 3:
-                await trio.sleep(0.01)
+            await poll_until(lambda: service.ledger_acked >= 3, 5, "three fills acknowledged")
             assert received == [f.fill_id for f in service.core.fills]
             assert service.outbox_stats["failures"] == 2
             # The ack's tape record is written while the next batch goes out (a crash may lose
             # it); wait for it, so the restart below starts from it.
-            while not any(r["type"] == "ledger_ack" and r["up_to"] == 3
-                          for r in TapeReader(tmp_path / "exchange.tape").records()):
-                await trio.sleep(0.01)
+
+            def ack_on_tape() -> bool:
+                return any(r["type"] == "ledger_ack" and r["up_to"] == 3
+                           for r in TapeReader(tmp_path / "exchange.tape").records())
+
+            await poll_until(lambda: trio.to_thread.run_sync(ack_on_tape), 5, "the ack on the tape")
             nursery.cancel_scope.cancel()
         async with trio.open_nursery() as nursery:
             url = await nursery.start(serve_http, app, ("127.0.0.1", 0), trio.Event())
@@ -144,31 +136,27 @@ async def test_outbox_delivers_every_fill_in_order_until_acknowledged_and_resume
             answer = await again.command("submit_order", {"order_id": "b9", "symbol": "AAPL", "side": "buy",
                                                           "type": "limit", "quantity": 1, "limit_price": 101})
             assert answer["fills"]
-            while again.ledger_acked < 4:
-                await trio.sleep(0.01)
+            await poll_until(lambda: again.ledger_acked >= 4, 5, "the new fill acknowledged")
             assert len(received) == 4 and len(set(received)) == 4, "nothing acknowledged was sent again"
             nursery.cancel_scope.cancel()
 
 
-async def test_ticker_withdraws_a_quote_whose_lease_ran_out(tmp_path):
-    clock = Clock()
+async def test_ticker_withdraws_a_quote_whose_lease_ran_out(tmp_path, clock):
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             service = await started(nursery, tmp_path, clock)
             await trade(service, clock)
             clock.t += 6.0  # past the 5 s lease
             service._ticker_wakeup.set()
-            while service.core.active_quotes:
-                await trio.sleep(0.01)
+            await poll_until(lambda: not service.core.active_quotes, 5, "the quote withdrawn")
             assert service.core.quotes["q1"].ended_reason == "lease-expired"
             nursery.cancel_scope.cancel()
 
 
-async def test_command_batch_runs_in_order_is_durable_together_and_answers_bad_ones_with_their_error(tmp_path):
+async def test_command_batch_runs_in_order_is_durable_together_and_answers_bad_ones_with_their_error(tmp_path, clock):
     from book.exchange import CommandError
     from peer.exchange.tape import TapeReader
 
-    clock = Clock()
     async with trio.open_nursery() as nursery:
         service = await started(nursery, tmp_path, clock)
         order = {"symbol": "AAPL", "side": "buy", "type": "limit", "quantity": 1, "limit_price": 100}
@@ -185,9 +173,8 @@ async def test_command_batch_runs_in_order_is_durable_together_and_answers_bad_o
     assert kinds == [("submit_order", "a"), ("cancel_order", "a")]
 
 
-async def test_a_ledger_that_refuses_a_batch_outright_raises_an_alarm_until_a_batch_gets_through(tmp_path):
+async def test_a_ledger_that_refuses_a_batch_outright_raises_an_alarm_until_a_batch_gets_through(tmp_path, clock):
     # The outbox once retried a 400 forever with nothing said: ledger_acked stood still unseen.
-    clock = Clock()
     refuse = {"on": True}
     received: list[str] = []
 
@@ -207,15 +194,13 @@ async def test_a_ledger_that_refuses_a_batch_outright_raises_an_alarm_until_a_ba
             service.log = lambda event, **kw: lines.append({"event": event, **kw})
             await nursery.start(partial(deliver_fills, service, lambda: url, retry=Backoff(first=0.05, cap=0.05)))
             await trade(service, clock)
-            while service.outbox_stats.get("refusals", 0) < 3:
-                await trio.sleep(0.01)
+            await poll_until(lambda: service.outbox_stats.get("refusals", 0) >= 3, 5, "three refusals")
             alarm = service.alarms()["outbox-refused"]
             assert alarm["status"] == 400 and alarm["fill_seq"] == 1 and "price" in alarm["answer"]
             assert service.status()["outbox"]["pending"] == 3 and service.ledger_acked == 0
             assert [x["event"] for x in lines].count("outbox_alarm") == 1, "logged once, counted each time"
             refuse["on"] = False
-            while service.ledger_acked < 3:
-                await trio.sleep(0.01)
+            await poll_until(lambda: service.ledger_acked >= 3, 5, "the fills acknowledged at last")
             assert service.alarms() == {} and received == [f.fill_id for f in service.core.fills]
             assert "outbox_alarm_cleared" in [x["event"] for x in lines]
             nursery.cancel_scope.cancel()

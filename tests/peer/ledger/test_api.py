@@ -12,22 +12,14 @@ from book.bounds import MAX_PRICE, MAX_QUANTITY
 from peer.http.endpoints import PeerHandle, create_app
 from peer.ledger.api import ledger_routes
 from peer.ledger.service import LedgerService
+from peer.tools.processes import poll_until
+from tests.conftest import T0
 from tests.peer.fakes import FakeNode
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, t: float = T0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
-async def api(tmp_path):
-    service = LedgerService(tmp_path, clock=Clock(), sweep_interval=0.01)
+async def api(tmp_path, clock):
+    service = LedgerService(tmp_path, clock=clock, sweep_interval=0.01)
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
         app = create_app(PeerHandle(role="ledger", profile="local", node=FakeNode("ledger")), ledger_routes())
@@ -47,6 +39,12 @@ def fill(n: int, **kw) -> dict:
 def reservation(quote_id="q1", **kw) -> dict:
     return {"quote_id": quote_id, "holder": "mm-1", "symbol": "AAPL", "bid_quantity": 10, "ask_quantity": 10,
             "ttl": 30, **kw}
+
+
+async def parked(api) -> None:
+    """Until a long poll waits for the next commit: what the test does next is what wakes it."""
+    await poll_until(lambda: api.service.committed.statistics().tasks_waiting, 5,
+                     "a long poll waiting for a commit", every=0.001)
 
 
 async def state(api) -> tuple:
@@ -169,7 +167,7 @@ async def test_updates_resume_after_a_seq_and_filter_by_symbols(api):
 
 async def test_updates_long_poll_returns_when_a_fill_commits(api):
     async def later():
-        await trio.sleep(0.05)
+        await parked(api)
         await api.post("/fills", json={"fills": [fill(1, symbol="MSFT"), fill(2, symbol="AAPL")]})
 
     with trio.fail_after(5):
@@ -188,7 +186,7 @@ async def test_per_symbol_updates_resume_from_a_version_without_gaps(api):
     assert [u["position_version"] for u in r["updates"]] == [3, 4, 5] and r["position_version"] == 5
 
     async def later():
-        await trio.sleep(0.05)
+        await parked(api)
         await api.post("/fills", json=fill(11, symbol="AAPL"))
 
     with trio.fail_after(5):
@@ -313,11 +311,9 @@ async def test_release_frees_capacity_once_and_renew_extends(api):
 async def test_an_expired_reservation_frees_capacity_without_anyones_help(api):
     r = await api.post("/reservations", json=reservation(bid_quantity=100, ask_quantity=100, ttl=5))
     rid = r.json()["reservation"]["reservation_id"]
-    api.service.clock.t += 6
+    api.service.clock.advance(6)
     assert (await api.get("/exposure")).json()["available"] == {"bid": 100, "ask": 100}
-    with trio.fail_after(5):
-        while rid in api.service.store.exposure.active:
-            await trio.sleep(0.01)
+    await poll_until(lambda: rid not in api.service.store.exposure.active, 5, "the sweeper records the expiry")
     assert (await api.get(f"/reservations/{rid}")).json()["reservation"]["state"] == "expired"
     assert (await api.post("/reservations", json=reservation("q2", bid_quantity=100, ask_quantity=100))).status_code == 201
 
@@ -336,13 +332,12 @@ async def test_ledger_status_counts_and_common_endpoints_are_there(api):
 # --- end to end: the exchange's outbox delivers to a ledger served over real HTTP ---------------------
 
 
-async def test_the_exchanges_outbox_delivers_every_fill_exactly_once_to_the_ledger(tmp_path):
+async def test_the_exchanges_outbox_delivers_every_fill_exactly_once_to_the_ledger(tmp_path, clock):
 
     from peer.exchange.outbox import deliver_fills
     from peer.exchange.service import ExchangeService
     from peer.http.endpoints import serve_http
 
-    clock = Clock()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             ledger = LedgerService(tmp_path / "ledger", clock=clock)
@@ -369,8 +364,7 @@ async def test_the_exchanges_outbox_delivers_every_fill_exactly_once_to_the_ledg
                                                             "type": "market", "quantity": 1 + i % 2})
                 fills = exchange.core.fills
                 assert len(fills) == 12
-                while exchange.ledger_acked < fills[-1].seq:
-                    await trio.sleep(0.01)
+                await poll_until(lambda: exchange.ledger_acked >= fills[-1].seq, 10, "every fill acknowledged")
                 signed = sum(f.signed_quantity for f in fills)
                 position = (await client.get("/positions/AAPL")).json()
                 assert position["net_quantity"] == signed and position["position_version"] == 12

@@ -28,6 +28,7 @@ from peer.market_maker.authority import AuthorityConfig
 from peer.market_maker.quoting import PlannerConfig
 from peer.market_maker.rendezvous import assignment
 from peer.market_maker.service import MarketMakerService
+from peer.tools.processes import poll_until
 from tests.peer.fakes import FakeNode
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA"]
@@ -80,15 +81,6 @@ async def start_mm(nursery, name: str, view: View) -> MarketMakerService:
     return mm
 
 
-async def until(check, bound: float = 5.0, every: float = 0.02):
-    with trio.fail_after(bound):
-        while True:
-            got = await check()
-            if got:
-                return got
-            await trio.sleep(every)
-
-
 async def test_market_maker_quotes_every_symbol_with_a_reservation_and_replaces_after_a_fill(tmp_path):
     view = View()
     async with trio.open_nursery() as nursery, httpx.AsyncClient() as c:
@@ -99,7 +91,7 @@ async def test_market_maker_quotes_every_symbol_with_a_reservation_and_replaces_
             quotes = (await c.get(f"{ex}/quotes")).json()["quotes"]
             return {q["symbol"]: q for q in quotes} if len(quotes) == len(SYMBOLS) else None
 
-        quotes = await until(all_quoted)
+        quotes = await poll_until(all_quoted, 5, "every symbol quoted")
         for q in quotes.values():
             assert q["holder"] == "mm-1"
             r = (await c.get(f"{lg}/reservations/{q['reservation_id']}")).json()["reservation"]
@@ -116,7 +108,7 @@ async def test_market_maker_quotes_every_symbol_with_a_reservation_and_replaces_
             q = (await c.get(f"{ex}/quotes/MSFT")).json()["quote"]
             return q if q and q["quote_id"] != old["quote_id"] else None
 
-        new = await until(replaced)
+        new = await poll_until(replaced, 5, "the lifted MSFT quote replaced")
         position = (await c.get(f"{lg}/positions/MSFT")).json()
         assert position["net_quantity"] == -old["ask_quantity"] and position["position_version"] == 1
         # Short after the fill: the skew raises both prices (never lower than before).
@@ -145,11 +137,11 @@ async def test_a_joining_market_maker_takes_only_its_symbols_by_hand_over(tmp_pa
                      for s, o in owners.items())
             return rows if ok else None
 
-        before = await until(lambda: held_by({s: "mm-1" for s in SYMBOLS}))
+        before = await poll_until(lambda: held_by({s: "mm-1" for s in SYMBOLS}), 5, "mm-1 holding every symbol")
         await start_mm(nursery, "mm-2", view)
         owners = assignment(SYMBOLS, ["mm-1", "mm-2"])
         assert "mm-2" in owners.values(), "pick symbols so that mm-2 wins one"
-        after = await until(lambda: held_by(owners))
+        after = await poll_until(lambda: held_by(owners), 5, f"held and quoted by {owners}")
         for s, o in owners.items():
             if o == "mm-1":
                 assert after[s]["epoch"] == before[s]["epoch"], f"{s} moved though mm-1 still owns it"
@@ -172,7 +164,7 @@ async def test_a_released_early_reservation_never_covers_a_later_quote(tmp_path)
         async def msft_quote():
             return (await c.get(f"{ex}/quotes/MSFT")).json()["quote"]
 
-        old = await until(msft_quote)
+        old = await poll_until(msft_quote, 5, "a MSFT quote")
         planner = mm.planners["MSFT"]
         spent = planner.next_quote_id()
         mm._reserve_early("MSFT")
@@ -186,7 +178,7 @@ async def test_a_released_early_reservation_never_covers_a_later_quote(tmp_path)
             r = (await c.get(f"{lg}/reservations/{rid}")).json()["reservation"]
             return r["state"] == "released"
 
-        await until(released)
+        await poll_until(released, 5, "the early reservation released")
 
         # A fill of the live quote: the replacement must carry a reservation the ledger holds.
         order = {"order_id": "hit-1", "symbol": "MSFT", "side": "buy", "type": "limit",
@@ -197,7 +189,7 @@ async def test_a_released_early_reservation_never_covers_a_later_quote(tmp_path)
             q = await msft_quote()
             return q if q and q["quote_id"] != old["quote_id"] else None
 
-        new = await until(replaced)
+        new = await poll_until(replaced, 5, "the lifted MSFT quote replaced")
         assert new["quote_id"] != spent
         r = (await c.get(f"{lg}/reservations/{new['reservation_id']}")).json()["reservation"]
         assert r["state"] == "active" and r["quote_id"] == new["quote_id"]
@@ -236,9 +228,8 @@ async def test_a_ledger_that_answers_garbage_costs_requests_never_the_market_mak
         mm = MarketMakerService("mm-1", members=view.members, log=JsonLog("mm-1", stream=io.StringIO()),
                                 authority_config=AuthorityConfig(lease_duration=2.0))
         nursery.start_soon(mm.run)
-        with trio.fail_after(10):
-            while not ({"GET /updates", "POST /reservations"} <= set(seen) and mm.stats.malformed_answers >= 5):
-                await trio.sleep(0.02)
+        await poll_until(lambda: {"GET /updates", "POST /reservations"} <= set(seen) and mm.stats.malformed_answers >= 5,
+                         10, "the market maker asked the impostor and counted five malformed answers")
         assert not exchange.core.active_quotes, "nothing is quoted without a reservation it could read"
         events = [json.loads(line)["event"] for line in mm.log.stream.getvalue().splitlines()]
         assert "mm_answer_malformed" in events and "mm_loop_failed" not in events
