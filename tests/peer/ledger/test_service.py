@@ -11,16 +11,8 @@ from ledger.exposure import ReservationRequest
 from ledger.store import DB_FILE, LedgerDamaged, LedgerReader, RecordFills, Reserve, validate_fill
 from peer.ledger.service import LedgerService, LedgerUnavailable
 from peer.logs import JsonLog
-
-T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, t: float = T0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from peer.tools.processes import poll_until
+from tests.conftest import T0, FakeClock
 
 
 def fill(n: int, symbol="AAPL", side="buy", quantity=1, reservation_id=None) -> dict:
@@ -30,7 +22,7 @@ def fill(n: int, symbol="AAPL", side="buy", quantity=1, reservation_id=None) -> 
 
 
 async def started(nursery, path, **kw) -> LedgerService:
-    service = LedgerService(path, **{"clock": Clock(), **kw})
+    service = LedgerService(path, **{"clock": FakeClock(), **kw})
     await nursery.start(service.run)
     return service
 
@@ -96,8 +88,7 @@ async def test_a_restart_serves_the_same_positions_stream_and_reservations(tmp_p
             nursery.cancel_scope.cancel()
 
 
-async def test_a_reservation_expires_without_anyones_help(tmp_path):
-    clock = Clock()
+async def test_a_reservation_expires_without_anyones_help(tmp_path, clock):
     log_path = tmp_path / "ledger.log"
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -106,13 +97,12 @@ async def test_a_reservation_expires_without_anyones_help(tmp_path):
             answer = await service.submit(Reserve(ReservationRequest("q1", "mm-1", "AAPL", 100, 100, ttl=5.0)))
             rid = answer["reservation"]["reservation_id"]
             assert service.usage().available_bid == 0
-            clock.t += 5.0
+            clock.advance(5.0)
             assert service.usage().available_bid == 100, "it counts for nothing from its expires_at"
-            while rid in service.store.exposure.active:
-                await trio.sleep(0.01)
+            await poll_until(lambda: rid not in service.store.exposure.active, 5, "the sweeper records the expiry")
             assert (await service.reservation(rid)).state == "expired"
             nursery.cancel_scope.cancel()
-    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    lines = [json.loads(line) for line in (await trio.Path(log_path).read_text()).splitlines()]
     ended = [ln for ln in lines if ln["event"] == "ledger_reservation_ended"]
     assert ended and ended[0]["reservation_id"] == rid and ended[0]["state"] == "expired" and ended[0]["reason"] == "ttl"
 
@@ -123,7 +113,7 @@ async def test_a_damaged_database_stops_the_start_with_the_runbook_step_logged(t
     service = LedgerService(tmp_path, log=JsonLog("ledger", stream=None, path=log_path))
     with pytest.raises(LedgerDamaged):
         await service.run()
-    refused = [json.loads(x) for x in log_path.read_text().splitlines() if '"ledger_refused"' in x]
+    refused = [json.loads(x) for x in (await trio.Path(log_path).read_text()).splitlines() if '"ledger_refused"' in x]
     assert refused and "Damaged ledger database" in refused[0]["error"]
     with pytest.raises(LedgerUnavailable):
         await service.submit(RecordFills((fill(1),)))
