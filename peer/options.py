@@ -87,8 +87,12 @@ class Flag:
 
 
 def option(default: Any = MISSING, help: str = "", **flag: Any) -> Any:
-    """A dataclass field that is a flag; a list or dict default is copied for each instance."""
-    meta = {_FLAG: Flag(help, **flag)}
+    """A dataclass field that is a flag."""
+    return _with_default(default, {_FLAG: Flag(help, **flag)})
+
+
+def _with_default(default: Any, meta: dict[str, Any]) -> Any:
+    # A list or dict default is copied for each instance, as dataclasses require.
     if isinstance(default, list | dict):
         return field(default_factory=partial(copy.copy, default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -109,10 +113,7 @@ def passed_on(name: str) -> Any:
         return field(default_factory=partial(launch_defaults, cls), metadata=meta)
     flag = f.metadata[_FLAG]
     default = flag.launch[0] if flag.launch else _default(f)
-    meta = {_FLAG: flag, _PASSED: True}
-    if isinstance(default, list | dict):
-        return field(default_factory=partial(copy.copy, default), metadata=meta)
-    return field(default=default, metadata=meta)
+    return _with_default(default, {_FLAG: flag, _PASSED: True})
 
 
 def launch_defaults(cls: type) -> Any:

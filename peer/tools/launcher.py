@@ -120,7 +120,7 @@ class LaunchOptions:
     )
     python: str = sys.executable
     # Passed on: PeerOptions' fields of the same name, with launch's defaults where it has its
-    # own (--profile local, --flow-rate 20). A field added to a role group arrives by itself.
+    # own (`Flag.launch`: --profile, --flow-rate). A field added to a role group arrives by itself.
     cluster: str = passed_on("cluster")
     profile: str = passed_on("profile")
     overrides: dict[str, Any] = passed_on("overrides")

@@ -28,6 +28,12 @@ def options(tmp_path, name: str | None, **kw) -> PeerOptions:
     )
 
 
+def joining(tmp_path, name: str, seed: dict, **kw) -> PeerOptions:
+    """Options of a peer that joins through `seed` (a started peer's info)."""
+    host, port = seed["gossip"].rsplit(":", 1)
+    return options(tmp_path, name, join=[(host, int(port))], **kw)
+
+
 async def start(nursery, opts: PeerOptions) -> tuple[dict, trio.Event, trio.Event]:
     """Start a peer; returns (its peer.json info, its stop event, an event set once it returned)."""
     stop, done = trio.Event(), trio.Event()
@@ -92,8 +98,7 @@ async def test_a_peer_that_joins_is_seen_alive_and_a_stopped_one_is_recorded_as_
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=2) as client:
             a, stop_a, _ = await start(nursery, options(tmp_path, "mm-1"))
-            seed = tuple(a["gossip"].rsplit(":", 1))
-            opts_b = options(tmp_path, "mm-2", join=[(seed[0], int(seed[1]))])
+            opts_b = joining(tmp_path, "mm-2", a)
             b, stop_b, done_b = await start(nursery, opts_b)
 
             async def both_alive():
@@ -163,12 +168,8 @@ async def test_a_peer_of_another_cluster_joining_through_a_member_is_never_liste
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=2) as client:
             a, stop_a, done_a = await start(nursery, options(tmp_path, "mm-1"))
-            host, port = a["gossip"].rsplit(":", 1)
-            b_opts = options(tmp_path, "mm-2", join=[(host, int(port))])
-            b, stop_b, done_b = await start(nursery, b_opts)
-            c, stop_c, done_c = await start(
-                nursery, options(tmp_path, "zz-1", join=[(host, int(port))], cluster="other-cluster")
-            )
+            b, stop_b, done_b = await start(nursery, joining(tmp_path, "mm-2", a))
+            c, stop_c, done_c = await start(nursery, joining(tmp_path, "zz-1", a, cluster="other-cluster"))
 
             async def dropped():
                 text = (await client.get(f"{a['http']}/metrics")).text
@@ -197,8 +198,7 @@ async def test_a_peer_whose_identity_holds_an_incarnation_past_the_wire_bound_st
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=2) as client:
             a, stop_a, done_a = await start(nursery, options(tmp_path, "mm-1"))
-            host, port = a["gossip"].rsplit(":", 1)
-            b_opts = options(tmp_path, "mm-3", join=[(host, int(port))])
+            b_opts = joining(tmp_path, "mm-3", a)
             b_opts.data_dir.mkdir(parents=True)
             (b_opts.data_dir / "identity.json").write_text(json.dumps({"name": "mm-3", "incarnation": 2**63 + 1}))
             b, stop_b, done_b = await start(nursery, b_opts)
