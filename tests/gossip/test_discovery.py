@@ -33,6 +33,7 @@ from gossip.discovery import (
     parse_txt,
     pick_host,
 )
+from peer.tools.processes import poll_until
 
 LOOPBACK = ["127.0.0.1"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,11 +73,6 @@ async def start_all(nursery: trio.Nursery, *peers: ZeroconfDiscovery) -> None:
     async with trio.open_nursery() as starting:
         for peer in peers:
             starting.start_soon(nursery.start, peer.run)
-
-
-async def wait_until(predicate, poll: float = 0.02) -> None:
-    while not predicate():
-        await trio.sleep(poll)
 
 
 # -- TXT records, without a network ---------------------------------------------------------
@@ -149,7 +145,7 @@ async def test_peers_of_one_cluster_find_each_other_and_ignore_other_clusters(ui
             await a.wait_found()
             await b.wait_found()
             # c's advert reached both and was ignored for its cluster, not missed.
-            await wait_until(lambda: a.foreign >= 1 and b.foreign >= 1)
+            await poll_until(lambda: a.foreign >= 1 and b.foreign >= 1, 10, "c's advert seen by a and b and ignored for its cluster", every=0.02)
             nursery.cancel_scope.cancel()
     assert a.found == {f"b-{uid}": ("127.0.0.1", 41002)}
     assert b.found == {f"a-{uid}": ("127.0.0.1", 41001)}
@@ -198,7 +194,7 @@ async def test_cancelled_peer_says_goodbye_and_is_dropped(uid):
                     await a.wait_found()
                     b_scope.cancel()
             # Goodbye packets (TTL 0) make this quick; without them it would take the TTL.
-            await wait_until(lambda: f"b-{uid}" not in a.found)
+            await poll_until(lambda: f"b-{uid}" not in a.found, 10, "a forgets b once b is gone", every=0.02)
             nursery.cancel_scope.cancel()
     assert a.found == {}
     # Each decision went to the log it was given (a peer passes its JSON-lines log).
@@ -230,7 +226,7 @@ async def test_malformed_advert_of_the_same_service_type_is_counted_and_ignored(
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 await nursery.start(a.run)
-                await wait_until(lambda: a.malformed >= 1)
+                await poll_until(lambda: a.malformed >= 1, 10, "the malformed advert counted", every=0.02)
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -10,6 +10,7 @@ from gossip.config import LOCAL, PROTOCOL_VERSION
 from gossip.node import GossipNode
 from gossip.simnet import SimNetwork
 from gossip.udp import UdpTransport
+from peer.tools.processes import poll_until
 
 # The answer a fake member gave to push-pull, which once stopped all 5 processes of a cluster
 # (then in the version 1 outline, without the cluster's name).
@@ -97,11 +98,6 @@ async def _udp_node(nursery, name: str, seeds=(), **kwargs) -> GossipNode:
     return node
 
 
-async def _wait(condition) -> None:
-    while not condition():
-        await trio.sleep(0.02)
-
-
 async def test_over_real_udp_and_tcp_the_hostile_answer_and_packet_leave_the_node_running(nursery):
     with trio.fail_after(BOUND):
         fake = UdpTransport(("127.0.0.1", 0))
@@ -109,21 +105,21 @@ async def test_over_real_udp_and_tcp_the_hostile_answer_and_packet_leave_the_nod
         fake.set_stream_handler(hostile_answer)
         a = await _udp_node(nursery, "a")
         b = await _udp_node(nursery, "b", seeds=[fake.local_addr, a.addr])
-        await _wait(lambda: names(a) == names(b) == {"a", "b"})
-        await _wait(lambda: b.stats().get("dropped_malformed", 0) >= 1)
+        await poll_until(lambda: names(a) == names(b) == {"a", "b"}, BOUND, "a and b see each other", every=0.02)
+        await poll_until(lambda: b.stats().get("dropped_malformed", 0) >= 1, BOUND, "b drops the hostile answer", every=0.02)
         # The same payload as a UDP datagram, and as a push-pull request to a.
         await fake.send_packet(HOSTILE_STATE, a.addr)
-        await _wait(lambda: a.stats().get("dropped_malformed", 0) >= 1)
+        await poll_until(lambda: a.stats().get("dropped_malformed", 0) >= 1, BOUND, "a drops the hostile packet", every=0.02)
         try:
             await fake.exchange(a.addr, HOSTILE_STATE)
         except Exception:
             pass  # a closes the stream without an answer
-        await _wait(lambda: a.stats().get("dropped_malformed", 0) >= 2)
+        await poll_until(lambda: a.stats().get("dropped_malformed", 0) >= 2, BOUND, "a drops a second hostile packet", every=0.02)
         assert "zz-x" not in names(a) | names(b)
         assert a.stats()["dropped_error"] == b.stats()["dropped_error"] == 0
         # Both still gossip: a change of b's metadata reaches a.
         b.update_meta({"role": "mm"})
-        await _wait(lambda: a.core.member("b").meta == {"role": "mm"})
+        await poll_until(lambda: a.core.member("b").meta == {"role": "mm"}, BOUND, "a learns b's new meta", every=0.02)
 
 
 async def test_two_clusters_on_one_network_never_merge(autojump_clock, nursery):
@@ -153,12 +149,12 @@ async def test_over_real_udp_and_tcp_a_peer_of_another_cluster_joining_through_a
         a1 = await _udp_node(nursery, "a1", cluster="cluster-a")
         a2 = await _udp_node(nursery, "a2", seeds=[a1.addr], cluster="cluster-a")
         b = await _udp_node(nursery, "b1", seeds=[a1.addr], cluster="other-cluster")
-        await _wait(lambda: names(a1) == names(a2) == {"a1", "a2"})
-        await _wait(lambda: a1.stats().get("dropped_foreign_cluster", 0) >= 1)
+        await poll_until(lambda: names(a1) == names(a2) == {"a1", "a2"}, BOUND, "a1 and a2 see each other", every=0.02)
+        await poll_until(lambda: a1.stats().get("dropped_foreign_cluster", 0) >= 1, BOUND, "a1 drops the other cluster's traffic", every=0.02)
         # A datagram of the other cluster straight to a member is dropped too.
         alive = wire.encode_message(wire.Alive("b1", 9, b.addr, {}))
         await b.transport.send_packet(wire.encode_packet([alive], "other-cluster"), a2.addr)
-        await _wait(lambda: a2.stats().get("dropped_foreign_cluster", 0) >= 1)
+        await poll_until(lambda: a2.stats().get("dropped_foreign_cluster", 0) >= 1, BOUND, "a2 drops the other cluster's datagram", every=0.02)
         await trio.sleep(1.0)  # several probe periods of the local profile
         assert names(a1) == names(a2) == {"a1", "a2"}
         assert names(b) == {"b1"}

@@ -5,32 +5,39 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import trio
 
-from gossip.config import LAN, LOCAL
+from gossip.config import LAN, LOCAL, GossipConfig
 from gossip.simcluster import SimCluster
 from gossip.types import MemberState
+from peer.tools.processes import poll_until
 
 
-async def start(cluster: SimCluster, nursery: trio.Nursery) -> None:
-    await nursery.start(cluster.run)
+@asynccontextmanager
+async def converged(size: int, config: GossipConfig, seed: int, **kw) -> AsyncIterator[SimCluster]:
+    """A simulated cluster, running and converged; stopped when the block ends."""
+    cluster = SimCluster(size, config, seed=seed, **kw)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cluster.run)
+        await cluster.wait_converged()
+        yield cluster
+        cluster.stop()
 
 
 async def test_two_hundred_peers_converge(autojump_clock):
     cluster = SimCluster(200, LAN, seed=1, join_spread=5.0)
     async with trio.open_nursery() as nursery:
-        await start(cluster, nursery)
+        await nursery.start(cluster.run)
         took = await cluster.wait_converged()
         assert took < 120, f"200 peers took {took:.0f} simulated seconds to converge"
         cluster.stop()
 
 
 async def test_frozen_peer_is_declared_dead_by_all_others_and_no_one_else(autojump_clock):
-    cluster = SimCluster(20, LOCAL, seed=2)
-    async with trio.open_nursery() as nursery:
-        await start(cluster, nursery)
-        await cluster.wait_converged()
+    async with converged(20, LOCAL, seed=2) as cluster:
         victim = cluster.names[7]
         cluster.freeze(victim)
         others = [n for n in cluster.names if n != victim]
@@ -39,14 +46,10 @@ async def test_frozen_peer_is_declared_dead_by_all_others_and_no_one_else(autoju
         await trio.sleep(30)
         for v in others:
             assert cluster.declared_dead(v) == {victim}, f"{v} declared others dead"
-        cluster.stop()
 
 
 async def test_five_percent_loss_for_an_hour_gives_no_false_death(autojump_clock):
-    cluster = SimCluster(12, LAN, seed=3)
-    async with trio.open_nursery() as nursery:
-        await start(cluster, nursery)
-        await cluster.wait_converged()
+    async with converged(12, LAN, seed=3) as cluster:
         cluster.net.set_loss(0.05)
         await trio.sleep(3600)
         deaths = [line for line in cluster.trace if ">dead" in line]
@@ -54,14 +57,10 @@ async def test_five_percent_loss_for_an_hour_gives_no_false_death(autojump_clock
         assert cluster.converged()
         # The loss really happened, and Lifeguard's suspicions were refuted, not fatal.
         assert cluster.net.total_stats()["dropped_loss"] > 1000
-        cluster.stop()
 
 
 async def test_partition_into_halves_then_healed_converges_to_one_view(autojump_clock):
-    cluster = SimCluster(16, LOCAL, seed=4)
-    async with trio.open_nursery() as nursery:
-        await start(cluster, nursery)
-        await cluster.wait_converged()
+    async with converged(16, LOCAL, seed=4) as cluster:
         left, right = cluster.names[:8], cluster.names[8:]
         cluster.partition(left, right)
         with trio.fail_after(60):
@@ -72,14 +71,10 @@ async def test_partition_into_halves_then_healed_converges_to_one_view(autojump_
         with trio.fail_after(60):
             took = await cluster.wait_converged()
         assert took < 30
-        cluster.stop()
 
 
 async def test_crashed_peer_restarts_and_rejoins_with_higher_incarnation(autojump_clock):
-    cluster = SimCluster(8, LOCAL, seed=5)
-    async with trio.open_nursery() as nursery:
-        await start(cluster, nursery)
-        await cluster.wait_converged()
+    async with converged(8, LOCAL, seed=5) as cluster:
         victim = cluster.names[3]
         before = cluster.incarnations[victim]
         cluster.crash(victim)
@@ -89,20 +84,15 @@ async def test_crashed_peer_restarts_and_rejoins_with_higher_incarnation(autojum
         with trio.fail_after(60):
             await cluster.wait_converged()
         assert all(cluster.nodes[v].members()[cluster.names.index(victim)].incarnation > before for v in cluster.names)
-        cluster.stop()
 
 
 async def test_graceful_leave_is_seen_as_left_by_all(autojump_clock):
-    cluster = SimCluster(8, LOCAL, seed=6)
-    async with trio.open_nursery() as nursery:
-        await start(cluster, nursery)
-        await cluster.wait_converged()
+    async with converged(8, LOCAL, seed=6) as cluster:
         await cluster.leave(cluster.names[2])
         await trio.sleep(5)
         for v in cluster.nodes:
             assert cluster.view(v)[cluster.names[2]] is MemberState.LEFT
         assert not any(">dead" in line for line in cluster.trace)
-        cluster.stop()
 
 
 SCRIPT = """
@@ -165,8 +155,8 @@ async def test_peers_whose_seed_comes_up_a_second_late_converge_within_seconds(a
         nodes["m0"] = GossipNode(net.transport(seed_addr), LAN, "m0", seed=0)
         await nursery.start(nodes["m0"].run)
         everyone = set(nodes)
-        while not all({m.name for m in n.members() if m.state is MemberState.ALIVE} == everyone for n in nodes.values()):
-            await trio.sleep(0.1)
+        await poll_until(lambda: all({m.name for m in n.members() if m.state is MemberState.ALIVE} == everyone
+                                     for n in nodes.values()), 120, "every peer sees all ten alive", every=0.1)
         took = trio.current_time()
         assert took < 5.0, f"converged {took:.1f} s after the start (the seed came up at 1 s)"
         assert sum(n.stats().get("join_retries", 0) for n in nodes.values()) >= 9
@@ -174,15 +164,11 @@ async def test_peers_whose_seed_comes_up_a_second_late_converge_within_seconds(a
 
 
 async def test_a_joiner_is_known_to_every_member_within_a_few_probe_periods(autojump_clock):
-    cluster = SimCluster(30, LAN, seed=12, join_spread=3.0)
-    async with trio.open_nursery() as nursery:
-        await start(cluster, nursery)
-        await cluster.wait_converged()
+    async with converged(30, LAN, seed=12, join_spread=3.0) as cluster:
         await trio.sleep(40)  # past the first anti-entropy rounds: only gossip can spread it now
         await cluster.add("newcomer")
         took = await cluster.wait_all_see("newcomer", MemberState.ALIVE, step=0.05)
         assert took <= 3 * LAN.probe_interval, f"known to all after {took:.2f} s"
-        cluster.stop()
 
 
 async def _storm(seed: int) -> float:
@@ -210,10 +196,9 @@ async def _storm(seed: int) -> float:
         for i in range(1, 10):
             nursery.start_soon(start, i, rng.uniform(0, 1.0))
         nursery.start_soon(start, 0, rng.uniform(0.3, 1.2))
-        while len(nodes) < 10 or not all(
+        await poll_until(lambda: len(nodes) == 10 and all(
             {m.name for m in n.members() if m.state is MemberState.ALIVE} == everyone for n in nodes.values()
-        ):
-            await trio.sleep(0.05)
+        ), 120, "every peer sees all ten alive", every=0.05)
         nursery.cancel_scope.cancel()
     return trio.current_time() - t0
 

@@ -11,6 +11,7 @@ import trio
 
 from gossip.transport import MAX_PACKET, MAX_STREAM, TransportError
 from gossip.udp import UdpTransport
+from peer.tools.processes import poll_until
 
 LOCAL = ("127.0.0.1", 0)
 BOUND = 5  # seconds; every test carries a fail_after so a hang fails instead of blocking CI
@@ -24,11 +25,6 @@ async def start(nursery: trio.Nursery, **kwargs) -> UdpTransport:
 
 async def echo_upper(request: bytes, peer: tuple[str, int]) -> bytes:
     return request.upper()
-
-
-async def wait_for(condition) -> None:
-    while not condition():
-        await trio.sleep(0.01)
 
 
 async def test_port_zero_binds_udp_and_tcp_on_the_same_real_port(nursery):
@@ -104,7 +100,7 @@ async def test_full_inbox_drops_and_counts_packets(nursery):
         a, b = await start(nursery), await start(nursery, recv_buffer=1)
         for i in range(3):
             await a.send_packet(bytes([i]), b.local_addr)
-        await wait_for(lambda: b.stats["packets_in"] + b.stats["recv_dropped_full"] == 3)
+        await poll_until(lambda: b.stats["packets_in"] + b.stats["recv_dropped_full"] == 3, BOUND, "all three datagrams received or counted as dropped", every=0.01)
         assert b.stats["recv_dropped_full"] == 2
         assert await b.recv_packet() == (b"\x00", a.local_addr)
 
@@ -150,7 +146,7 @@ async def test_truncated_stream_frame_is_counted_and_the_transport_survives(nurs
             await raw.send_all(struct.pack(">I", 100) + b"only ten b")
             await raw.send_eof()
             assert await raw.receive_some(10) == b""
-        await wait_for(lambda: b.stats["stream_errors"] == 1)
+        await poll_until(lambda: b.stats["stream_errors"] == 1, BOUND, "the stream error counted", every=0.01)
         assert await a.exchange(b.local_addr, b"ok") == b"OK"
 
 
