@@ -39,10 +39,11 @@ def _refused(exc: CommandError) -> JSONResponse:
     return JSONResponse(answer, status_code=status)
 
 
-def parse_body(raw: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
-    """A command's arguments: a JSON object of the `allowed` fields (an empty body is `{}`, and
-    the core names what is missing), read by peer/http/inputs.py; raises CommandError."""
-    return inputs.json_object(raw, allowed, max_bytes=MAX_BODY, empty_ok=True, error=CommandError)
+def parse_body(raw: bytes, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A command's arguments: a JSON object of the `allowed` fields, with the `required` ones,
+    read by peer/http/inputs.py; raises CommandError. The core checks each value."""
+    return inputs.json_object(raw, allowed, required=required, max_bytes=MAX_BODY, empty_ok=True,
+                              error=CommandError)
 
 
 def _service(request: Request) -> ExchangeService:
@@ -77,7 +78,11 @@ async def _command(service: ExchangeService, kind: str, args: dict[str, Any], ok
     return 409, answer
 
 
-_ORDER_FIELDS = ("order_id", "symbol", "side", "type", "quantity", "limit_price")
+# Each body's fields, the required ones first. `order_id` is required: it makes a retried POST
+# safe; `type` defaults to limit, and a market order has no `limit_price`; a quote may leave
+# out its `reservation_id`.
+_ORDER_FIELDS = ("order_id", "symbol", "side", "quantity", "type", "limit_price")
+_ORDER_REQUIRED = _ORDER_FIELDS[:4]
 _QUOTE_FIELDS = ("holder", "epoch", "seq", "quote_id", "bid_price", "bid_quantity", "ask_price", "ask_quantity",
                  "reservation_id")
 _CANCEL_QUOTE_FIELDS = ("holder", "epoch", "seq")
@@ -87,9 +92,7 @@ _AUTHORITY_FIELDS = ("holder", "epoch")
 async def submit_order(service: ExchangeService, raw: bytes) -> tuple[int, dict]:
     """`POST /orders`, from the raw body: shared by the route and the direct handler."""
     try:
-        body = parse_body(raw, _ORDER_FIELDS)
-        if "order_id" not in body:
-            raise CommandError("order_id", "required (it makes a retried POST safe)")
+        body = parse_body(raw, _ORDER_FIELDS, _ORDER_REQUIRED)
     except CommandError as exc:
         return inputs.refusal(exc)
     return await _command(service, "submit_order", body, 201)
@@ -115,7 +118,7 @@ async def delete_order(request: Request) -> Response:
     return await _run(request, "cancel_order", {"order_id": request.path_params["order_id"]})
 
 
-def _symbol_command(kind: str, allowed: tuple[str, ...]):
+def _symbol_command(kind: str, allowed: tuple[str, ...], required: tuple[str, ...]):
     """A command on the symbol in the path (`PUT /quotes/{symbol}`, `POST
     /authority/{symbol}/claim`, ...): the body holds the command's other arguments."""
 
@@ -124,7 +127,7 @@ def _symbol_command(kind: str, allowed: tuple[str, ...]):
         if symbol is None:
             return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
         try:
-            body = parse_body(await request.body(), allowed)
+            body = parse_body(await request.body(), allowed, required)
         except CommandError as exc:
             return _refused(exc)
         return await _run(request, kind, {**body, "symbol": symbol})
@@ -132,11 +135,11 @@ def _symbol_command(kind: str, allowed: tuple[str, ...]):
     return handler
 
 
-put_quote = _symbol_command("put_quote", _QUOTE_FIELDS)
-delete_quote = _symbol_command("cancel_quote", _CANCEL_QUOTE_FIELDS)
-claim = _symbol_command("claim", _AUTHORITY_FIELDS)
-renew = _symbol_command("renew", _AUTHORITY_FIELDS)
-release = _symbol_command("release", _AUTHORITY_FIELDS)
+put_quote = _symbol_command("put_quote", _QUOTE_FIELDS, _QUOTE_FIELDS[:-1])
+delete_quote = _symbol_command("cancel_quote", _CANCEL_QUOTE_FIELDS, _CANCEL_QUOTE_FIELDS)
+claim = _symbol_command("claim", _AUTHORITY_FIELDS, _AUTHORITY_FIELDS)
+renew = _symbol_command("renew", _AUTHORITY_FIELDS, _AUTHORITY_FIELDS)
+release = _symbol_command("release", _AUTHORITY_FIELDS, _AUTHORITY_FIELDS)
 
 
 async def get_quote(request: Request) -> Response:

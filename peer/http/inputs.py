@@ -9,7 +9,8 @@ as a whole is unreadable. The market maker's and the common endpoints (`/health`
 `/members`, `/metrics`) take no body and no query parameter.
 
 - `json_body(raw, max_bytes=...)`: the size bound, then `loads`; `json_object` adds the check
-  that the body is a JSON object of the endpoint's fields only (`book.bounds.fields`).
+  that the body is a JSON object of the endpoint's fields only (`book.bounds.fields`), with
+  those it requires (a missing one is `"<field>: required"`).
 - `loads`, the strict JSON decoder, refuses:
   - bytes that are not JSON (or not UTF-8): field `body`; a string holding a lone surrogate
     (`"\\ud800"`), which no store, tape or answer could encode: the path of the string;
@@ -73,11 +74,16 @@ def json_body(raw: bytes, *, max_bytes: int, empty_ok: bool = False,
     return loads(raw, error=error)
 
 
-def json_object(raw: bytes, allowed: Iterable[str], *, max_bytes: int, empty_ok: bool = False,
-                error: Error = BodyError) -> dict[str, Any]:
-    """`json_body`, which must be a JSON object with no field outside `allowed`."""
-    value = json_body(raw, max_bytes=max_bytes, empty_ok=empty_ok, error=error)
-    return bounds.fields(value, allowed, error=error)
+def json_object(raw: bytes, allowed: Iterable[str], *, required: Iterable[str] = (), max_bytes: int,
+                empty_ok: bool = False, error: Error = BodyError) -> dict[str, Any]:
+    """`json_body`, which must be a JSON object with no field outside `allowed` and each of
+    `required` (the first missing one is named, in the order given)."""
+    value = bounds.fields(json_body(raw, max_bytes=max_bytes, empty_ok=empty_ok, error=error), allowed,
+                          error=error)
+    for name in required:
+        if name not in value:
+            raise error(name, "required")
+    return value
 
 
 class _Refused:

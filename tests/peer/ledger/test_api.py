@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 import trio
@@ -96,8 +94,6 @@ async def test_conflicting_content_for_a_fill_id_is_409_naming_the_fields_and_ap
     ({"fills": [fill(1, quantity=0)]}, "fills[0].quantity"),
     ({"fills": [fill(1, side="long")]}, "fills[0].side"),
     ({"fills": [fill(1, symbol="AA PL")]}, "fills[0].symbol"),
-    ({"fills": [{k: v for k, v in fill(1).items() if k != "order_id"}]}, "fills[0].order_id"),
-    ({"fills": [fill(1, extra=1)]}, "fills[0].extra"),
     ({"fills": [fill(1, created_at="now")]}, "fills[0].created_at"),
     ({"fills": []}, "fills"),
     ({"fills": "F-1"}, "fills"),
@@ -114,9 +110,8 @@ async def test_malformed_fills_are_400_naming_the_field_and_change_nothing(api, 
     assert await state(api) == before
 
 
-@pytest.mark.parametrize("raw, field", [(b"", "body"), (b"{not json", "body"), (b'{"fills": [NaN]}', "fills[0]"),
-                                        (b"x" * (1024 * 1024 + 1), "body")])
-async def test_unreadable_bodies_are_400(api, raw, field):
+@pytest.mark.parametrize("raw, field", [(b"", "body"), (b'{"fills": [NaN]}', "fills[0]")])
+async def test_an_empty_body_or_a_bad_fill_in_a_batch_is_400(api, raw, field):
     r = await api.post("/fills", content=raw)
     assert r.status_code == 400 and r.json()["field"] == field
     assert api.service.published_seq == 0
@@ -382,71 +377,8 @@ async def test_the_exchanges_outbox_delivers_every_fill_exactly_once_to_the_ledg
             nursery.cancel_scope.cancel()
 
 
-# --- hostile bodies: endpoints x values; always a 4xx naming the field, never a 500, nothing changes ---
-
-MARK = "\u2603raw\u2603"
-DEEP_40 = "[" * 40 + "]" * 40
-HOSTILE = {  # name -> JSON text put where a field's value goes
-    "list": "[]", "map": "{}", "true": "true", "1e400": "1e400", "digits": "9" * 4000, "nan": "NaN",
-    "inf": "Infinity", "deep40": DEEP_40, "long-text": '"' + "x" * 5000 + '"', "surrogate": '"\\udc00"',
-}
-LEDGER_ENDPOINTS = {  # name -> (path, a valid body, its required fields, how a field is named)
-    "fill": ("/fills", fill(7), ("fill_id", "order_id", "symbol", "side", "quantity", "price", "quote_id",
-                                 "created_at"), "{}"),
-    "batch": ("/fills", {"fills": [fill(8)]}, (), "fills[0].{}"),
-    "reservation": ("/reservations", reservation("q9"), ("quote_id", "holder", "symbol", "bid_quantity",
-                                                          "ask_quantity"), "{}"),
-    "apply-fill": ("/reservations/{rid}/apply-fill", {"fill_id": "F-x", "side": "buy", "quantity": 1},
-                   ("fill_id", "side", "quantity"), "{}"),
-    "renew": ("/reservations/{rid}/renew", {"ttl": 60}, (), "{}"),
-    "release": ("/reservations/{rid}/release", {"reason": "done"}, (), "{}"),
-}
-
-
-def ledger_hostile_cases():
-    for name, (path, body, required, naming) in LEDGER_ENDPOINTS.items():
-        fields = body["fills"][0] if name == "batch" else body
-        for field in fields:
-            for label, raw in HOSTILE.items():
-                value = {**fields, field: MARK}
-                yield pytest.param(path, {"fills": [value]} if name == "batch" else value, raw, naming.format(field),
-                                   id=f"{name} {field}={label}")
-        for field in required:
-            yield pytest.param(path, {k: v for k, v in body.items() if k != field}, None, field,
-                               id=f"{name} missing {field}")
-        yield pytest.param(path, {**body, "colour": "red"}, None, "colour", id=f"{name} extra")
-        yield pytest.param(path, MARK, "[" * 1000 + "]" * 1000, "body", id=f"{name} deep1000")
-        yield pytest.param(path, MARK, '{"a":' * 1000 + "1" + "}" * 1000, "body", id=f"{name} deep1000-maps")
-        yield pytest.param(path, MARK, DEEP_40, "body", id=f"{name} deep40")
-
-
-@pytest.mark.parametrize("path, body, raw, field", list(ledger_hostile_cases()))
-async def test_hostile_bodies_are_400_naming_the_field_and_change_nothing(api, path, body, raw, field):
-    await api.post("/fills", json=fill(100))
-    r = await api.post("/reservations", json=reservation("q0"))
-    rid = r.json()["reservation"]["reservation_id"]
-    before = await state(api)
-    text = json.dumps(body)
-    if raw is not None:
-        text = text.replace(json.dumps(MARK), raw)
-    r = await api.post(path.format(rid=rid), content=text.encode(), headers={"content-type": "application/json"})
-    assert r.status_code == 400, r.text
-    assert r.json()["field"].startswith(field) and r.json()["error"], r.text
-    assert len(r.content) < 2000  # a 4,000-digit or 5,000-character value is not echoed back
-    assert await state(api) == before
-
-
-@pytest.mark.parametrize("path", ["/fills", "/updates", "/positions/AAPL/updates"])
-@pytest.mark.parametrize("query, field", [
-    ("{after}=-1", "{after}"), ("{after}=" + "9" * 4000, "{after}"), ("{after}=9007199254740992", "{after}"),
-    ("{after}=1.0", "{after}"), ("{after}=%2B1", "{after}"), ("limit=0", "limit"), ("limit=" + "1" * 30, "limit"),
-    ("wait=nan", "wait"), ("wait=inf", "wait"), ("wait=-0.5", "wait"), ("wait=1e1", "wait"), ("colour=1", "colour"),
-])
-async def test_hostile_queries_are_400_naming_the_parameter(api, path, query, field):
-    after = "after_version" if path.startswith("/positions") else "after"
-    r = await api.get(f"{path}?{query.format(after=after)}")
-    assert r.status_code == 400, r.text
-    assert r.json()["field"] == field.format(after=after)
+# Bad values in every field of every endpoint, bad bodies and bad queries: the one table in
+# tests/peer/http/test_inputs.py, sent to this API and the exchange's.
 
 
 async def test_fills_and_reservations_at_the_bounds_over_http(api):
