@@ -17,12 +17,14 @@ These are scripts for a person, not tests: CI never runs them.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import datetime as _dt
 import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -35,6 +37,8 @@ from typing import Any
 
 import httpx
 import trio
+
+from peer.tools.processes import NotInTime, kill_hard, pid_alive, poll_until, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -186,13 +190,23 @@ def source_fingerprint() -> str:
 
 def murmur_profile_line(name: str, overrides: list[str] | None = None) -> str:
     """The murmur protocol parameters a cluster launched now with this profile would use."""
-    sys.path.insert(0, str(ROOT))
     from gossip.config import profile
 
     kv = dict(o.split("=", 1) for o in overrides or [])
     p = profile(name)
     text = ", ".join(f"{k} {v}" for k, v in p.to_dict().items() if k != "name")
     return f"murmur profile {p.name}: {text}" + (f"; overrides {kv}" if kv else "")
+
+
+def add_murmur_set(ap: argparse.ArgumentParser, flag: str = "--set") -> None:
+    """The option that overrides a murmur protocol parameter, repeatable, as `args.murmur_set`;
+    `launch_set_args(args)` turns it into `murmur launch` arguments."""
+    ap.add_argument(flag, dest="murmur_set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a murmur protocol parameter (`murmur launch --set`)")
+
+
+def launch_set_args(args: Any) -> list[str]:
+    return [a for kv in args.murmur_set for a in ("--set", kv)]
 
 
 def header(title: str, method: list[str], args: Any) -> dict[str, Any]:
@@ -260,6 +274,21 @@ def finish_machine(machine: dict[str, Any]) -> None:
         )
 
 
+def keep_or_remove(base: Path, args: Any, what: str = "logs") -> None:
+    """At the end of a run: say where its data directory is if it is kept (`--keep`, or a
+    `--data-dir` of the caller's), else remove it."""
+    if args.keep or args.data_dir:
+        print(f"\ndata ({what}) kept in {base}")
+    else:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def json_line(bench: str, machine: dict[str, Any], args: Any, **fields: Any) -> None:
+    """Print the run's one JSON line (what bench/results/ keeps): the benchmark, the machine,
+    the arguments (values that are not JSON, such as paths, as text), then `fields`."""
+    print(json.dumps({"bench": bench, "machine": machine, "args": vars(args), **fields}, default=str))
+
+
 def summary(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"median": None, "max": None, "min": None, "mean": None}
@@ -294,29 +323,6 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-def pid_alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def kill_hard(pid: int) -> None:
-    for sig in (signal.SIGCONT, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
 
 
 def pids_with_arg(text: str) -> list[int]:
@@ -497,11 +503,7 @@ class RealCluster:
         """SIGKILL anything of ours that is still running; returns the pids that were."""
         left = [pid for pid in self.all_pids() if pid_alive(pid)]
         left += [pid for pid in pids_with_arg(str(self.data_dir)) if pid not in left]
-        for pid in left:
-            kill_hard(pid)
-        deadline = time.monotonic() + 5
-        while any(pid_alive(p) for p in left) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        stop_group(left, grace=0, signum=signal.SIGKILL)
         return left
 
 
@@ -603,13 +605,8 @@ class MurmurCluster(RealCluster):
                 os.kill(p.pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        if self.launcher is not None and self.launcher.poll() is None:
-            self.launcher.send_signal(signal.SIGINT)
-            try:
-                self.launcher.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.launcher.kill()
-                self.launcher.wait()
+        if self.launcher is not None:
+            stop_group([self.launcher], grace=grace, signum=signal.SIGINT)
         return self.sweep()
 
     def all_pids(self) -> list[int]:
@@ -706,14 +703,7 @@ class KinshipCluster(RealCluster):
         ]
 
     def stop(self) -> list[int]:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                kill_hard(proc.pid)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        stop_group(self.procs.values(), grace=0, signum=signal.SIGKILL)
         return self.sweep()
 
     def all_pids(self) -> list[int]:
@@ -737,7 +727,7 @@ async def view(client: httpx.AsyncClient, peer: Peer) -> dict[str, dict] | None:
     """`/members` of one peer by member name, or None if it does not answer."""
     for attempt in (1, 2):
         try:
-            r = await client.get(f"{peer.http.endpoints}/members")
+            r = await client.get(f"{peer.http}/members")
             r.raise_for_status()
             return {row["name"]: row for row in r.json()}
         except _STALE_CONNECTION:
@@ -793,21 +783,25 @@ async def wait_all_alive(
     """Until every peer's /members shows every peer alive. (ok, seconds waited, last problem)."""
     names = cluster.names()
     t0 = time.monotonic()
-    last = ""
+    last = [""]
     own = client is None
     client = client or http_client(len(names))
+
+    async def everyone_alive() -> bool:
+        vs = await views(client, cluster.peers)
+        if all_alive(vs, names):
+            return True
+        last[0] = not_alive_summary(vs, names)
+        return False
+
     try:
-        with trio.move_on_after(bound):
-            while True:
-                vs = await views(client, cluster.peers)
-                if all_alive(vs, names):
-                    return True, time.monotonic() - t0, ""
-                last = not_alive_summary(vs, names)
-                await trio.sleep(every)
+        await poll_until(everyone_alive, bound, "every peer sees every peer alive", every=every)
+        return True, time.monotonic() - t0, ""
+    except NotInTime:
+        return False, time.monotonic() - t0, last[0]
     finally:
         if own:
             await client.aclose()
-    return False, time.monotonic() - t0, last
 
 
 METRICS_OF_INTEREST = (

@@ -37,13 +37,10 @@ import os
 import platform
 import random
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from book.orderbook import OrderBook  # noqa: E402
-from book.orders import Kind, Order, Side  # noqa: E402
+from book.orderbook import OrderBook
+from book.orders import Kind, Order, Side
 
 SYMBOL = "BENCH"
 MID = 10_000

@@ -23,10 +23,8 @@ Run: .venv/bin/python bench/detection_real.py [--sizes 10,40] [--trials 5]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import shutil
 import signal
 import sys
 import tempfile
@@ -35,17 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import trio
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _realcluster import (  # noqa: E402
+from _realcluster import (
     KinshipCluster,
     MurmurCluster,
     RealCluster,
+    add_murmur_set,
     finish_machine,
     fmt,
     header,
     http_client,
+    json_line,
+    keep_or_remove,
+    launch_set_args,
     member_events,
     murmur_profile_line,
     summary,
@@ -74,13 +73,7 @@ def parse_args() -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="override a kinship Config field (e.g. suspicion_mult=4)",
     )
-    ap.add_argument(
-        "--murmur-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a murmur protocol parameter (`murmur launch --set`)",
-    )
+    add_murmur_set(ap, "--murmur-set")
     ap.add_argument("--data-dir", type=Path, default=None, help="default: a fresh temp dir")
     ap.add_argument("--keep", action="store_true", help="keep the data dir (logs) afterwards")
     return ap.parse_args()
@@ -89,7 +82,7 @@ def parse_args() -> argparse.Namespace:
 def make_cluster(impl: str, n: int, base: Path, attempt: int, args) -> RealCluster:
     d = base / f"{impl}-{n}-{attempt}"
     if impl == "murmur":
-        extra = [a for kv in args.murmur_set for a in ("--set", kv)]
+        extra = launch_set_args(args)
         return MurmurCluster(n, d, profile=args.profile, startup_timeout=60.0, extra=extra)
     overrides = dict(kv.split("=", 1) for kv in args.kinship_set)
     return KinshipCluster(n, d, overrides=overrides)
@@ -159,7 +152,7 @@ async def one_trial(cluster: RealCluster, victim, args) -> dict[str, Any]:
                     await trio.sleep(delay)
                 else:
                     nxt = time.monotonic()
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
 
         with trio.move_on_after(args.detect_bound):
             async with trio.open_nursery() as nursery:
@@ -335,10 +328,7 @@ async def main_async(args) -> int:
                     print(f"  [{impl} N={n}] FAILED: {exc}", flush=True)
                     results.append({"impl": impl, "n": n, "error": str(exc)})
     finally:
-        if args.keep or args.data_dir:
-            print(f"\ndata (logs) kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        keep_or_remove(base, args)
 
     finish_machine(machine)
     print(
@@ -384,18 +374,7 @@ async def main_async(args) -> int:
             ],
         )
     )
-    print(
-        json.dumps(
-            {
-                "bench": "detection_real",
-                "machine": machine,
-                "args": vars(args) | {"data_dir": str(args.data_dir) if args.data_dir else None},
-                "kinship": kin_note,
-                "results": results,
-            },
-            default=str,
-        )
-    )
+    json_line("detection_real", machine, args, kinship=kin_note, results=results)
     return 0
 
 

@@ -25,35 +25,14 @@ Run: .venv/bin/python bench/launch_scale.py [--sizes 16,32,48,64]
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import _realcluster as rc
 import trio
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _realcluster import (  # noqa: E402
-    MurmurCluster,
-    all_alive,
-    cpu_seconds,
-    finish_machine,
-    fmt,
-    header,
-    http_client,
-    member_events,
-    murmur_profile_line,
-    not_alive_summary,
-    proc_start_wall,
-    sample_cpu,
-    table,
-    views,
-)
 
 GOAL_S = 10.0
 
@@ -62,14 +41,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="16,32,48,64", help="total processes per cluster")
     ap.add_argument("--profile", default="local")
-    ap.add_argument(
-        "--set",
-        dest="murmur_set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a murmur protocol parameter (`murmur launch --set`)",
-    )
+    rc.add_murmur_set(ap)
     ap.add_argument("--poll-interval", type=float, default=0.25)
     ap.add_argument(
         "--converge-bound",
@@ -91,12 +63,12 @@ def parse_args() -> argparse.Namespace:
 
 
 async def measure(size: int, base: Path, args) -> dict[str, Any]:
-    cluster = MurmurCluster(
+    cluster = rc.MurmurCluster(
         size,
         base / f"launch-{size}",
         profile=args.profile,
         startup_timeout=args.startup_timeout,
-        extra=[a for kv in args.murmur_set for a in ("--set", kv)],
+        extra=rc.launch_set_args(args),
     )
     out: dict[str, Any] = {"size": size}
     try:
@@ -109,22 +81,22 @@ async def measure(size: int, base: Path, args) -> dict[str, Any]:
         conv_mono = None
         last = ""
         rounds = 0
-        async with http_client(size, timeout=2.0) as client:
+        async with rc.http_client(size, timeout=2.0) as client:
             with trio.move_on_after(args.converge_bound):
                 while True:
-                    vs = await views(client, cluster.peers)
+                    vs = await rc.views(client, cluster.peers)
                     rounds += 1
-                    if all_alive(vs, names):
+                    if rc.all_alive(vs, names):
                         conv_mono = time.monotonic()
                         break
-                    last = not_alive_summary(vs, names)
+                    last = rc.not_alive_summary(vs, names)
                     await trio.sleep(args.poll_interval)
         started = cluster.peer_started_at()
         last_start_wall = max(started.values()) if started else None
         out["last_peer_start_after_ready_s"] = (
             round(last_start_wall - ready_wall, 2) if last_start_wall else None
         )
-        spawned = [proc_start_wall(p.pid) for p in cluster.peers]
+        spawned = [rc.proc_start_wall(p.pid) for p in cluster.peers]
         spawned = [s for s in spawned if s is not None]
         last_spawn_wall = max(spawned) if spawned else None
         out["last_spawn_to_ready_s"] = (
@@ -138,7 +110,7 @@ async def measure(size: int, base: Path, args) -> dict[str, Any]:
         out["converged"] = True
         out["poll_rounds"] = rounds
         out["converge_poll_from_ready_s"] = round(conv_mono - ready_mono, 2)
-        events = member_events(cluster)
+        events = rc.member_events(cluster)
         before = [
             e["t_wall"] for e in events if e["t_wall"] is not None and e["t_wall"] <= conv_wall
         ]
@@ -174,9 +146,9 @@ async def measure(size: int, base: Path, args) -> dict[str, Any]:
         await trio.sleep(args.settle)
         w0 = time.time()
         pids = {p.name: p.pid for p in cluster.peers}
-        launcher_cpu0 = cpu_seconds(cluster.launcher.pid)
-        cpu = await trio.to_thread.run_sync(sample_cpu, pids, args.cpu_window)
-        launcher_cpu1 = cpu_seconds(cluster.launcher.pid)
+        launcher_cpu0 = rc.cpu_seconds(cluster.launcher.pid)
+        cpu = await trio.to_thread.run_sync(rc.sample_cpu, pids, args.cpu_window)
+        launcher_cpu1 = rc.cpu_seconds(cluster.launcher.pid)
         cpu["launcher_pct"] = (
             round(100 * (launcher_cpu1 - launcher_cpu0) / cpu["seconds"], 2)
             if launcher_cpu0 is not None and launcher_cpu1 is not None
@@ -185,12 +157,12 @@ async def measure(size: int, base: Path, args) -> dict[str, Any]:
         out["cpu"] = {k: v for k, v in cpu.items() if k != "per_peer_pct"}
         out["cpu"]["per_peer_pct"] = cpu["per_peer_pct"]
         during = [
-            e for e in member_events(cluster, since=w0) if e.get("new") in ("suspect", "dead")
+            e for e in rc.member_events(cluster, since=w0) if e.get("new") in ("suspect", "dead")
         ]
         out["suspect_or_dead_while_idle"] = len(during)
-        async with http_client(size, timeout=2.0) as client:
-            vs = await views(client, cluster.peers)
-        out["still_all_alive_after_idle"] = all_alive(vs, names)
+        async with rc.http_client(size, timeout=2.0) as client:
+            vs = await rc.views(client, cluster.peers)
+        out["still_all_alive_after_idle"] = rc.all_alive(vs, names)
         return out
     finally:
         left = cluster.stop()
@@ -201,8 +173,8 @@ async def measure(size: int, base: Path, args) -> dict[str, Any]:
 async def main_async(args) -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     method = [line.strip() for line in __doc__.split("\n\n")[1].splitlines()]
-    method.append(murmur_profile_line(args.profile, args.murmur_set))
-    machine = header(
+    method.append(rc.murmur_profile_line(args.profile, args.murmur_set))
+    machine = rc.header(
         "launch_scale: peers that launch and converge; CPU per idle peer", method, args
     )
     base = args.data_dir or Path(tempfile.mkdtemp(prefix="murmur-bench-launch-"))
@@ -228,12 +200,9 @@ async def main_async(args) -> int:
                     flush=True,
                 )
     finally:
-        if args.keep or args.data_dir:
-            print(f"\ndata (logs) kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        rc.keep_or_remove(base, args)
 
-    finish_machine(machine)
+    rc.finish_machine(machine)
     print("\nLaunch and convergence (seconds; goal: converged <= 10 s after the last start)")
     rows = []
     for r in results:
@@ -241,7 +210,7 @@ async def main_async(args) -> int:
             rows.append(
                 [
                     str(r["size"]),
-                    fmt(r.get("launch_s")),
+                    rc.fmt(r.get("launch_s")),
                     "FAILED" if "error" in r else "not converged",
                     "",
                     "",
@@ -259,21 +228,21 @@ async def main_async(args) -> int:
         rows.append(
             [
                 str(r["size"]),
-                fmt(r["launch_s"]),
-                fmt(r.get("converge_poll_from_last_start_s")),
-                fmt(r.get("converge_log_from_last_start_s")),
-                fmt(r["converge_poll_from_ready_s"]),
-                fmt(r["converge_log_from_ready_s"]),
-                fmt(r.get("converge_poll_from_last_spawn_s")),
+                rc.fmt(r["launch_s"]),
+                rc.fmt(r.get("converge_poll_from_last_start_s")),
+                rc.fmt(r.get("converge_log_from_last_start_s")),
+                rc.fmt(r["converge_poll_from_ready_s"]),
+                rc.fmt(r["converge_log_from_ready_s"]),
+                rc.fmt(r.get("converge_poll_from_last_spawn_s")),
                 "yes" if r["within_goal"] else "NO",
                 f"{r.get('suspicions_until_converged')}/{r.get('deaths_until_converged')}",
-                fmt(c.get("mean_pct")),
-                fmt(c.get("total_pct"), 1),
-                fmt(c.get("machine_busy_pct_of_all_cores"), 1),
+                rc.fmt(c.get("mean_pct")),
+                rc.fmt(c.get("total_pct"), 1),
+                rc.fmt(c.get("machine_busy_pct_of_all_cores"), 1),
             ]
         )
     print(
-        table(
+        rc.table(
             rows,
             [
                 "peers",
@@ -293,17 +262,8 @@ async def main_async(args) -> int:
     )
     ok = [r["size"] for r in results if r.get("within_goal")]
     print(f"\nlargest size within the goal: {max(ok) if ok else 'none'}")
-    print(
-        json.dumps(
-            {
-                "bench": "launch_scale",
-                "machine": machine,
-                "args": {k: str(v) for k, v in vars(args).items()},
-                "largest_within_goal": max(ok) if ok else None,
-                "results": results,
-            }
-        )
-    )
+    rc.json_line("launch_scale", machine, args, largest_within_goal=max(ok) if ok else None,
+              results=results)
     return 0
 
 

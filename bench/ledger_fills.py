@@ -38,52 +38,33 @@ import platform
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
 import trio
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ledger.store import DB_FILE, LedgerStore  # noqa: E402
-from peer.http.client import HttpClient  # noqa: E402
+from ledger.store import DB_FILE, LedgerStore
+from peer.http.client import HttpClient
+from peer.tools.processes import PeerDidNotStart, start_peer, stop_group
 
 SYMBOLS = ["AAPL", "AMZN", "GOOG", "META", "MSFT", "NFLX", "NVDA", "TSLA"]
 
 
 def start_ledger(data_dir: Path) -> tuple[subprocess.Popen, str, float]:
-    (data_dir / "peer.json").unlink(missing_ok=True)
+    """A real ledger process on port 0, its URL, and the seconds from spawn to /health 200."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "peer.cli", "peer", "--role", "ledger", "--name", "ledger", "--bind", "127.0.0.1:0",
-         "--http", "127.0.0.1:0", "--data-dir", str(data_dir), "--profile", "local", "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the ledger exited with {proc.returncode}")
-        try:
-            url = json.loads((data_dir / "peer.json").read_text())["http"]
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url, time.perf_counter() - t0
-        except (OSError, ValueError, KeyError, httpx.HTTPError):
-            pass
-        time.sleep(0.01)
-    proc.kill()
-    raise SystemExit("the ledger did not start")
+    try:
+        proc, url = trio.run(partial(start_peer, "ledger", data_dir, bound=60, every=0.01))
+    except PeerDidNotStart as exc:
+        raise SystemExit(f"the ledger did not start: {exc}") from None
+    return proc, url, time.perf_counter() - t0
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_group([proc], grace=15)
 
 
 def make_fill(prefix: str, i: int) -> dict:
@@ -249,8 +230,7 @@ def restart(n: int, tmp: Path) -> dict:
             for k in range(0, 20_000, 500):
                 c.post("/fills", json={"fills": [make_fill("K", k + j + 1) for j in range(500)]}).raise_for_status()
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_group([proc], grace=0, signum=signal.SIGKILL)
     wal_mb = path.with_name(DB_FILE + "-wal").stat().st_size / 1e6
     proc, url, crash_s = start_ledger(data)
     try:

@@ -39,9 +39,7 @@ Run: .venv/bin/python bench/mm_reaction.py [--duration 30] [--flow-rate 1000] [-
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -51,21 +49,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from _realcluster import (  # noqa: E402
+from _realcluster import (
     MurmurCluster,
     cpu_seconds,
     finish_machine,
     header,
+    json_line,
+    keep_or_remove,
     read_json_lines,
     table,
     ts_of,
 )
 
-from peer.exchange.tape import TapeReader  # noqa: E402
+from peer.exchange.tape import TapeReader
 
 LOG_RESOLUTION_FIX = 0.0005  # log `ts` is truncated to the millisecond
 
@@ -337,10 +333,7 @@ def main() -> int:
         left = cluster.stop()
         if left:
             print(f"# killed leftover pids {left}")
-        if args.keep or args.data_dir:
-            print(f"\ndata (tape, logs) kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        keep_or_remove(base, args, "tape, logs")
     finish_machine(machine)
 
     a, f1 = result["all_fills_ms"], result["first_fill_of_quote_ms"]
@@ -376,9 +369,7 @@ def main() -> int:
     print(f"replacement attempts by reason: {result['replacement_reasons']}; already in flight at the "
           f"fill: {result['replacement_already_in_flight']}")
     print(f"slowest: {result['slowest']}")
-    print(json.dumps({"bench": "mm_reaction", "machine": machine,
-                      "args": vars(args) | {"data_dir": str(args.data_dir) if args.data_dir else None},
-                      "goal_met": goal_ok, **result}, default=str))
+    json_line("mm_reaction", machine, args, goal_met=goal_ok, **result)
     return 0
 
 

@@ -36,10 +36,9 @@ from pathlib import Path
 
 import httpx
 import trio
+from _realcluster import BENCH, PYTHON, ROOT, _die_with_parent
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _realcluster import BENCH, PYTHON, ROOT, _die_with_parent, kill_hard, pid_alive  # noqa: E402
+from peer.tools.processes import kill_hard, pid_alive
 
 
 def free_port() -> int:

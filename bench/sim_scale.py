@@ -24,11 +24,9 @@ import time
 import trio
 from trio.testing import MockClock
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gossip.config import profile  # noqa: E402
-from gossip.simcluster import SimCluster, deterministic_trio  # noqa: E402
-from gossip.types import MemberState  # noqa: E402
+from gossip.config import profile
+from gossip.simcluster import SimCluster, deterministic_trio
+from gossip.types import MemberState
 
 
 async def measure(n: int, prof: str, seed: int, join_spread: float, steady: float) -> dict:
@@ -55,7 +53,9 @@ async def measure(n: int, prof: str, seed: int, join_spread: float, steady: floa
             dead_seen.add(viewer)
             if len(dead_seen) == n - 1:
                 marks["all_dead"] = e.at
+                all_dead.set()
 
+    all_dead = trio.Event()
     cluster.listeners.append(listen)
     out: dict = {"n": n, "profile": prof, "probe_interval": period}
     async with trio.open_nursery() as nursery:
@@ -83,8 +83,7 @@ async def measure(n: int, prof: str, seed: int, join_spread: float, steady: floa
         marks["freeze"] = trio.current_time()
         cluster.freeze(victim)
         with trio.move_on_after(600):
-            while "all_dead" not in marks:
-                await trio.sleep(period)
+            await all_dead.wait()
         f = marks["freeze"]
         for key in ("suspect", "dead", "all_dead"):
             out[f"{key}_periods"] = round((marks[key] - f) / period, 2) if key in marks else None

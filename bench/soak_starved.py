@@ -34,7 +34,6 @@ import datetime
 import json
 import os
 import random
-import shutil
 import signal
 import statistics
 import sys
@@ -46,22 +45,22 @@ from pathlib import Path
 from typing import Any
 
 import trio
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _realcluster import (  # noqa: E402
+from _realcluster import (
     MurmurCluster,
     StallWatch,
+    add_murmur_set,
     counters_delta,
     cpu_seconds,
     finish_machine,
     header,
     http_client,
+    json_line,
+    keep_or_remove,
+    launch_set_args,
     loadavg,
     machine_busy_seconds,
     member_events,
     murmur_profile_line,
-    pid_alive,
     read_json_lines,
     scrape_counters,
     table,
@@ -69,6 +68,8 @@ from _realcluster import (  # noqa: E402
     views,
     wait_all_alive,
 )
+
+from peer.tools.processes import pid_alive
 
 
 def parse_args() -> argparse.Namespace:
@@ -80,14 +81,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--victim", default=None, help="name of the starved peer (default: random mm)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--profile", default="local")
-    ap.add_argument(
-        "--set",
-        dest="murmur_set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a murmur protocol parameter (`murmur launch --set`)",
-    )
+    add_murmur_set(ap)
     ap.add_argument("--snapshot-interval", type=float, default=5.0)
     ap.add_argument(
         "--poll-mode",
@@ -297,7 +291,7 @@ async def main_async(args) -> int:
         base / f"soak-{args.peers}",
         profile=args.profile,
         startup_timeout=args.startup_timeout,
-        extra=[a for kv in args.murmur_set for a in ("--set", kv)],
+        extra=launch_set_args(args),
     )
     result: dict[str, Any] = {"peers": args.peers, "duration_s": args.duration}
     duty: DutyCycle | None = None
@@ -444,10 +438,7 @@ async def main_async(args) -> int:
         left = cluster.stop()
         if left:
             result["sigkilled_leftovers"] = len(left)
-        if args.keep or args.data_dir:
-            print(f"\ndata (logs) kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        keep_or_remove(base, args)
 
     finish_machine(machine)
     print()
@@ -525,16 +516,7 @@ async def main_async(args) -> int:
         print("\nfalse deaths (first 20):")
         for e in result["false_deaths_examples"]:
             print(f"  {json.dumps(e)}")
-    print(
-        json.dumps(
-            {
-                "bench": "soak_starved",
-                "machine": machine,
-                "args": {k: str(v) for k, v in vars(args).items()},
-                "result": result,
-            }
-        )
-    )
+    json_line("soak_starved", machine, args, result=result)
     return 0
 
 

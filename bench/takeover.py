@@ -40,9 +40,7 @@ Run: .venv/bin/python bench/takeover.py [--trials 5] [--parts kill,leave,join] [
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -53,27 +51,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from _realcluster import (  # noqa: E402
+from _realcluster import (
     ROOT,
     MurmurCluster,
     _die_with_parent,
     finish_machine,
     fmt,
     header,
-    kill_hard,
+    json_line,
+    keep_or_remove,
     murmur_profile_line,
-    pid_alive,
     read_json_lines,
     table,
     ts_of,
 )
 
-from peer.exchange.tape import TapeReader  # noqa: E402
-from peer.market_maker.rendezvous import assignment  # noqa: E402
+from peer.exchange.tape import TapeReader
+from peer.market_maker.rendezvous import assignment
+from peer.tools.processes import kill_hard, pid_alive
 
 POLL = 0.05
 
@@ -441,10 +436,7 @@ def main() -> int:
         if "join" in parts:
             out["join"] = run_join(base, args)
     finally:
-        if args.keep or args.data_dir:
-            print(f"\ndata (tapes, logs) kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        keep_or_remove(base, args, "tapes, logs")
     finish_machine(machine)
 
     summary: dict[str, Any] = {}
@@ -509,9 +501,7 @@ def main() -> int:
                     ["figure (s), per moved symbol", "n", "median", "max"]))
         for note in j["notes"]:
             print(f"NOTE: {note}")
-    print(json.dumps({"bench": "takeover", "machine": machine,
-                      "args": vars(args) | {"data_dir": str(args.data_dir) if args.data_dir else None},
-                      "summary": summary, "detail": out}, default=str))
+    json_line("takeover", machine, args, summary=summary, detail=out)
     return 0
 
 
