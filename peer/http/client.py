@@ -4,26 +4,38 @@ What it is for: the hot calls between murmur's processes (orders from `murmur fl
 maker's claims, quotes and reservations) at a small, steady cost per call. httpx costs about
 0.9 ms of CPU per request on this machine, more than the exchange spends answering it, so a load
 client built on it measured itself (docs/BENCH.md, "HTTP server"). This one keeps a bounded pool
-of connections per base URL, writes a request in one send and reads `Content-Length`, chunked or
-close-delimited answers.
+of connections per base URL, writes a request in one send and reads the answer with llhttp
+(`peer.http.wire.AnswerReader`: `Content-Length`, chunked with its CRLFs and trailers checked,
+or close-delimited; at most 16 MiB). Paths with ids in them are built with `path(...)`, which
+percent-encodes each segment; a path that is not printable ASCII is refused before it is sent.
 
 What it must never do: hand back a partial answer as a whole one, or silently send a request
 twice. A request is retried once, on a new connection, only when a kept-alive connection turned
 out to be closed before any byte of the answer came back (the server never saw it, or closed
-it unread); every murmur request also carries an idempotency key, so even that retry is safe.
-Tools that are not hot (`murmur members`, `top`, tests) keep using httpx.
+it unread); once a byte of the answer was read, a lost connection is an error, never a retry.
+Every murmur request also carries an idempotency key, so even that retry is safe. Whoever makes
+an HttpClient closes it (`aclose`, or `async with`). Tools that are not hot (`murmur members`,
+`top`, tests) keep using httpx.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
+import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import trio
 
-MAX_ANSWER = 16 * 1024 * 1024
+from peer.http.wire import MAX_ANSWER, AnswerReader, BadAnswer
+
+__all__ = ["MAX_ANSWER", "Answer", "HttpClient", "HttpError", "HttpTimeout", "path"]
+
+RECEIVE = 65536
+# What a request target may hold once built: an absolute path in printable ASCII (no spaces, no
+# CR or LF that would end the request line early and let an id write headers of its own).
+_TARGET = re.compile(r"/[\x21-\x7e]*")
 
 
 class HttpError(Exception):
@@ -32,6 +44,23 @@ class HttpError(Exception):
 
 class HttpTimeout(HttpError):
     pass
+
+
+def path(*segments: str | int, query: dict[str, Any] | None = None) -> str:
+    """A request path from its segments, each percent-encoded whole: `path("reservations", rid,
+    "renew")`. Ids read from answers go through here, never into an f-string: a `/`, `?`,
+    `%`, space or line break in one stays inside its segment. Empty, `.` and `..` segments are
+    refused."""
+    parts = []
+    for segment in segments:
+        text = str(segment)
+        if text in ("", ".", ".."):
+            raise ValueError(f"a path segment cannot be {text!r}")
+        parts.append(quote(text, safe=""))
+    built = "/" + "/".join(parts)
+    if query:
+        built += "?" + urlencode(query)
+    return built
 
 
 @dataclass(slots=True)
@@ -49,96 +78,33 @@ class Answer:
 
 
 class _Conn:
-    __slots__ = ("stream", "buffer", "reused")
+    __slots__ = ("stream", "reused", "answered")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.buffer = bytearray()
         self.reused = False
-
-    async def fill(self) -> bool:
-        data = await self.stream.receive_some(65536)
-        if not data:
-            return False
-        self.buffer += data
-        if len(self.buffer) > MAX_ANSWER:
-            raise HttpError(f"answer larger than {MAX_ANSWER} bytes")
-        return True
+        self.answered = False  # a byte of the current answer has come: never send it again
 
     async def read_answer(self, head_only: bool) -> tuple[Answer, bool]:
-        """One answer, and whether the connection can be reused. EOFError if closed before any byte."""
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            while end < 0:
-                if not await self.fill():
-                    if not self.buffer:
+        """One answer, and whether the connection can be reused; EOFError if it was closed
+        before any byte of the answer came."""
+        reader = AnswerReader(head_only=head_only)
+        try:
+            while True:
+                data = await self.stream.receive_some(RECEIVE)
+                if not data:
+                    if not self.answered:
                         raise EOFError
-                    raise HttpError("connection closed in the middle of an answer's head")
-                end = self.buffer.find(b"\r\n\r\n")
-            lines = bytes(self.buffer[:end]).split(b"\r\n")
-            del self.buffer[: end + 4]
-            parts = lines[0].split(b" ", 2)
-            if (len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3
-                    or not parts[1].isdigit()):
-                raise HttpError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-            status = int(parts[1])
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, colon, value = line.partition(b":")
-                if not colon:
-                    raise HttpError(f"malformed header line in answer: {line[:80]!r}")
-                headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-            if 100 <= status < 200:
-                continue  # 100 Continue and friends: the real answer follows
-            break
-        keep = headers.get("connection", "").lower() != "close" and parts[0] == b"HTTP/1.1"
-        if head_only or status in (204, 304):
-            return Answer(status, headers, b""), keep
-        if "content-length" in headers:
-            # A length beyond the answer cap is refused before int(): a 5,000-digit one would
-            # raise ValueError out of int() itself.
-            if not headers["content-length"].isdigit() or len(headers["content-length"]) > 18:
-                raise HttpError(f"bad Content-Length {headers['content-length'][:20]!r}")
-            length = int(headers["content-length"])
-            if length > MAX_ANSWER:
-                raise HttpError(f"answer larger than {MAX_ANSWER} bytes")
-            while len(self.buffer) < length:
-                if not await self.fill():
-                    raise HttpError("connection closed in the middle of an answer's body")
-            body = bytes(self.buffer[:length])
-            del self.buffer[:length]
-            return Answer(status, headers, body), keep
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            return Answer(status, headers, await self._read_chunked()), keep
-        while await self.fill():  # delimited by the end of the connection
-            pass
-        body = bytes(self.buffer)
-        self.buffer.clear()
-        return Answer(status, headers, body), False
-
-    async def _read_chunked(self) -> bytes:
-        out = bytearray()
-        while True:
-            while (end := self.buffer.find(b"\r\n")) < 0:
-                if not await self.fill():
-                    raise HttpError("connection closed in a chunked answer")
-            size_text = bytes(self.buffer[:end]).split(b";")[0].strip()
-            try:
-                if len(size_text) > 16 or not size_text or size_text.startswith((b"-", b"+")):
-                    raise ValueError
-                size = int(size_text, 16)
-            except ValueError:
-                raise HttpError(f"bad chunk size {size_text[:20]!r}") from None
-            if len(out) + size > MAX_ANSWER:
-                raise HttpError(f"answer larger than {MAX_ANSWER} bytes")
-            del self.buffer[: end + 2]
-            while len(self.buffer) < size + 2:
-                if not await self.fill():
-                    raise HttpError("connection closed in a chunked answer")
-            out += self.buffer[:size]
-            del self.buffer[: size + 2]
-            if size == 0:
-                return bytes(out)  # no trailers are sent by murmur's server
+                    reader.eof()
+                    break
+                self.answered = True
+                if reader.feed(data):
+                    break
+        except BadAnswer as exc:
+            raise HttpError(str(exc)) from None
+        head = reader.head
+        assert head is not None
+        return Answer(head.status, head.headers, reader.body), reader.keep_alive
 
 
 class HttpClient:
@@ -182,7 +148,10 @@ class HttpClient:
     async def delete(self, path: str, json: Any = None, **kw: Any) -> Answer:
         return await self.request("DELETE", path, json=json, **kw)
 
-    async def request(self, method: str, path: str, *, json: Any = None, timeout: float | None = None) -> Answer:
+    # The per-call bound stays a parameter: it is this client's own deadline, reported as
+    # HttpTimeout (a failed call, like a lost connection), not the caller's cancellation.
+    async def request(self, method: str, path: str, *, json: Any = None,
+                      timeout: float | None = None) -> Answer:  # noqa: ASYNC109
         if self._closed:
             raise HttpError("client is closed")
         data = self._encode(method, path, json)
@@ -190,32 +159,42 @@ class HttpClient:
             async with self._slots:
                 return await self._exchange(data, method == "HEAD")
         assert scope.cancelled_caught
-        raise HttpTimeout(f"{method} {self.base_url}{path}: no answer within {timeout or self.timeout} s")
+        limit = self.timeout if timeout is None else timeout
+        raise HttpTimeout(f"{method} {self.base_url}{path}: no answer within {limit} s")
 
-    def _encode(self, method: str, path: str, json: Any) -> bytes:
-        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), path.encode(), self._host_header)
+    def _encode(self, method: str, target: str, json: Any) -> bytes:
+        if not _TARGET.fullmatch(target):
+            raise ValueError("request target must be a path in printable ASCII "
+                             f"(build it with path()): {target[:80]!r}")
+        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), target.encode(),
+                                                      self._host_header)
         if json is None:
             if method in ("POST", "PUT"):
                 return head + b"content-length: 0\r\n\r\n"
             return head + b"\r\n"
         body = jsonlib.dumps(json, separators=(",", ":")).encode()
-        return head + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        return head + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+            len(body), body)
 
     async def _exchange(self, data: bytes, head_only: bool) -> Answer:
         for attempt in (1, 2):
             conn = self._idle.pop() if self._idle else await self._connect()
+            conn.answered = False
             try:
                 await conn.stream.send_all(data)
                 answer, keep = await conn.read_answer(head_only)
             except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 await self._discard(conn)
                 # A stale kept-alive connection: the server closed it before answering. Retry
-                # once on a new one. A fresh connection failing is a real error.
-                if conn.reused and attempt == 1 and isinstance(exc, (EOFError, trio.BrokenResourceError)):
+                # once on a new one. A fresh connection failing is a real error, and so is a
+                # connection lost after part of the answer came: the server may have acted.
+                if (conn.reused and attempt == 1 and not conn.answered
+                        and isinstance(exc, (EOFError, trio.BrokenResourceError))):
                     continue
                 raise HttpError(f"{self.base_url}: connection lost: {exc!r}") from exc
             except BaseException:
-                await self._discard(conn)  # cancelled or bad bytes mid-answer: the stream is out of step
+                # Cancelled, or bad bytes mid-answer: the stream is out of step.
+                await self._discard(conn)
                 raise
             if keep and not self._closed:
                 conn.reused = True

@@ -1,25 +1,30 @@
 """A small HTTP/1.1 server for ASGI apps on trio: what every peer's HTTP API is served by.
 
 What it is for: serving the peer's Starlette app with little per-request cost. Hypercorn did the
-job at about 0.45 ms of CPU per request on this machine, which capped the exchange near 1,100
-orders/s; this server parses a request with a few bytes operations, calls the app once, and
-writes the answer in one `send_all` (see docs/BENCH.md, "HTTP server"). It speaks the part of
-HTTP/1.1 that murmur's clients use: keep-alive, pipelined requests answered in order,
-`Content-Length` request bodies, `Expect: 100-continue`, fixed-length or chunked responses, HEAD.
-A few hot routes (the exchange's `POST /orders`) can be registered as direct handlers that take
-the body and return JSON bytes, skipping the ASGI layers; everything else goes to the app.
+job at about 0.5 ms of CPU per request on this machine, which capped the exchange near 1,100
+orders/s; this server has one task per connection, reads requests with llhttp
+(`peer.http.wire`), calls the app once, and writes each answer in one `send_all` (docs/BENCH.md,
+"HTTP framing (issue 10)"). It speaks the part of HTTP/1.1 that murmur's clients use:
+keep-alive, pipelined requests answered in order, `Content-Length` request bodies,
+`Expect: 100-continue`, fixed-length or chunked responses, HEAD. A few hot routes (the
+exchange's `POST /orders`) can be registered as direct handlers that take the body and return
+JSON bytes, skipping the ASGI layers; everything else goes to the app.
 
-What it must never do: hand the app a request it did not fully read and check, or let bad input
-crash the peer. A malformed request gets a 4xx JSON answer naming the problem and the connection
-is closed (the stream may be out of step); a request body sent chunked is refused with 411.
-Limits: 64 KiB of headers, 1 MiB of body, 10 s to send a request once begun, 75 s idle between
-requests on a kept-alive connection. ASGI lifespan events are not sent (murmur's apps have none).
+What it must never do: hand the app a request it did not fully read and check, let bad input
+crash the peer, or let one client hold a task forever. A malformed request gets a 4xx JSON
+answer naming the problem and the connection is closed (the stream may be out of step); a
+request body sent chunked is refused with 411, an HTTP/1.1 request without one Host with 400.
+Limits (fields of `HttpServer`): 64 KiB of head and 100 header fields, 1 MiB of body; 10 s to
+send a whole request, head and body, from its first byte; 75 s idle between requests on a
+kept-alive connection; 10 s to write each answer (a client that stops reading is cut off);
+512 connections at once (one more is answered 503 and closed). An answer whose length differs
+from the app's own Content-Length is cut short and its connection closed. ASGI lifespan events
+are not sent (murmur's apps have none).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -29,101 +34,29 @@ import trio
 
 from gossip.types import Address
 from peer.addresses import http_url
+from peer.http.wire import MAX_BODY, MAX_HEAD, MAX_HEADERS, BadRequest, Request, RequestReader
 from peer.logs import JsonLog
+
+__all__ = ["MAX_BODY", "MAX_HEAD", "MAX_HEADERS", "BadRequest", "DirectHandler", "HttpServer"]
 
 # A hot route served without the app: request body in, (status, JSON bytes) out.
 DirectHandler = Callable[[bytes], Awaitable[tuple[int, bytes]]]
-Asgi = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+Asgi = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]],
+                Awaitable[None]]
 
-MAX_HEAD = 64 * 1024
-MAX_BODY = 1024 * 1024
-MAX_HEADERS = 100
 REQUEST_TIMEOUT = 10.0
 IDLE_TIMEOUT = 75.0
+WRITE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 512
 # On shutdown, requests in flight get this long to finish before their connections are cut.
 GRACE = 1.0
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TARGET = re.compile(rb"/[\x21-\x7e]*")
-_VALUE_FORBIDDEN = re.compile(rb"[\x00\r\n]")
+RECEIVE = 65536
 _NO_BODY_STATUSES = frozenset({204, 304})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class BadRequest(Exception):
-    """The bytes on the wire are not a request this server will hand to the app."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(slots=True)
-class ParsedHead:
-    method: str
-    raw_path: bytes
-    query: bytes
-    version: str  # "1.1" or "1.0"
-    headers: list[tuple[bytes, bytes]]
-    content_length: int
-    keep_alive: bool
-    expect_continue: bool
-
-
-def parse_head(head: bytes) -> ParsedHead:
-    """Parse a request line and headers (without the blank line). Raises BadRequest."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3:
-        raise BadRequest(400, "request line must be METHOD TARGET HTTP/1.1")
-    method, target, version = parts
-    if not _TOKEN.fullmatch(method):
-        raise BadRequest(400, "request method is not a token")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-        if version.startswith(b"HTTP/"):
-            raise BadRequest(505, f"HTTP version {version.decode('latin-1')} not supported (use HTTP/1.1)")
-        raise BadRequest(400, "request line must end with HTTP/1.1")
-    if not _TARGET.fullmatch(target):
-        raise BadRequest(400, "request target must be a path starting with /, in printable ASCII")
-    if len(lines) - 1 > MAX_HEADERS:
-        raise BadRequest(431, f"more than {MAX_HEADERS} header fields")
-    headers: list[tuple[bytes, bytes]] = []
-    lengths: set[bytes] = set()
-    connection = b""
-    expect = b""
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
-            # Also refuses obs-fold (a line starting with whitespace): it smuggles requests.
-            raise BadRequest(400, f"malformed header line {line[:60].decode('latin-1')!r}")
-        name = name.lower()
-        value = value.strip(b" \t")
-        if _VALUE_FORBIDDEN.search(value):
-            raise BadRequest(400, f"header {name.decode()} has a control character")
-        if name == b"content-length":
-            lengths.add(value)
-        elif name == b"transfer-encoding":
-            raise BadRequest(411, "chunked request bodies are not accepted; send Content-Length")
-        elif name == b"connection":
-            connection = value.lower()
-        elif name == b"expect":
-            expect = value.lower()
-        headers.append((name, value))
-    content_length = 0
-    if lengths:
-        if len(lengths) > 1:
-            raise BadRequest(400, "conflicting Content-Length headers")
-        raw = lengths.pop()
-        if not raw.isdigit() or len(raw) > 12:
-            raise BadRequest(400, "Content-Length must be a non-negative integer")
-        content_length = int(raw)
-        if content_length > MAX_BODY:
-            raise BadRequest(413, f"request body larger than {MAX_BODY} bytes")
-    if expect and expect != b"100-continue":
-        raise BadRequest(417, "only Expect: 100-continue is supported")
-    ver = version[5:].decode()
-    tokens = {t.strip() for t in connection.split(b",")}
-    keep_alive = b"close" not in tokens if ver == "1.1" else b"keep-alive" in tokens
-    path, _, query = target.partition(b"?")
-    return ParsedHead(method.decode(), path, query, ver, headers, content_length, keep_alive, bool(expect))
+class _WriteTimedOut(trio.BrokenResourceError):
+    """The client did not take an answer within the write limit: the connection is dropped."""
 
 
 def _reason(status: int) -> bytes:
@@ -144,65 +77,25 @@ def _error_response(status: int, message: str) -> bytes:
 class _Connection:
     """One client connection: read a request, run the app, write the answer, repeat."""
 
-    def __init__(self, server: HttpServer, stream: trio.SocketStream) -> None:
+    def __init__(self, server: HttpServer, stream: trio.abc.Stream) -> None:
         self.server = server
         self.stream = stream
-        self.buffer = bytearray()
-        self.busy = False
+        self.reader = RequestReader()
+        self.handling = False
         self.closing = False
+        self.broken = False
         self.scope = trio.CancelScope()
-        sock = stream.socket
+        sock = getattr(stream, "socket", None)
         try:
-            self.client = sock.getpeername()[:2]
-            self.local = sock.getsockname()[:2]
+            self.client = sock.getpeername()[:2] if sock is not None else None
+            self.local = sock.getsockname()[:2] if sock is not None else None
         except OSError:
             self.client = self.local = None
 
-    async def _fill(self, deadline: float) -> bool:
-        """Read more bytes by `deadline` (TooSlowError after it); False when the client closed."""
-        with trio.CancelScope(deadline=deadline) as scope:
-            data = await self.stream.receive_some(65536)
-        if scope.cancelled_caught:
-            raise trio.TooSlowError
-        if not data:
-            return False
-        self.buffer += data
-        return True
-
-    async def _read_head(self) -> bytes | None:
-        """The next request's head, or None when the client closed between requests."""
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            # Idle between requests: wait for a first byte under the idle limit, not the request one.
-            while not self.buffer:
-                try:
-                    if not await self._fill(trio.current_time() + IDLE_TIMEOUT):
-                        return None
-                except trio.TooSlowError:
-                    return None
-                # Tolerate blank lines before a request (RFC 9112 2.2).
-                while self.buffer[:2] == b"\r\n":
-                    del self.buffer[:2]
-            deadline = trio.current_time() + REQUEST_TIMEOUT
-            while (end := self.buffer.find(b"\r\n\r\n")) < 0:
-                if len(self.buffer) > MAX_HEAD:
-                    raise BadRequest(431, f"request head larger than {MAX_HEAD} bytes")
-                if not await self._fill(deadline):
-                    return None
-        if end > MAX_HEAD:
-            raise BadRequest(431, f"request head larger than {MAX_HEAD} bytes")
-        head = bytes(self.buffer[:end])
-        del self.buffer[: end + 4]
-        return head
-
-    async def _read_body(self, length: int) -> bytes:
-        deadline = trio.current_time() + REQUEST_TIMEOUT
-        while len(self.buffer) < length:
-            if not await self._fill(deadline):
-                raise trio.BrokenResourceError("client closed in the middle of a body")
-        body = bytes(self.buffer[:length])
-        del self.buffer[:length]
-        return body
+    @property
+    def busy(self) -> bool:
+        """A request is arriving or being answered: a shutdown lets it finish."""
+        return self.handling or self.reader.in_progress
 
     async def run(self) -> None:
         stats = self.server.stats
@@ -210,6 +103,8 @@ class _Connection:
         try:
             with self.scope:
                 await self._serve_requests()
+        except _WriteTimedOut:
+            stats["write_timeouts"] += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except trio.TooSlowError:
@@ -219,55 +114,95 @@ class _Connection:
             stats["bad_requests"] += 1
             await self._send_quietly(_error_response(exc.status, str(exc)))
         finally:
-            self.server.connections.discard(self)
+            self.server._forget(self)
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
+    async def send(self, data: bytes) -> None:
+        """Write one answer (or part), bounded: a client that stops reading loses its connection."""
+        if self.broken:
+            raise _WriteTimedOut("an earlier write timed out")
+        with trio.move_on_after(self.server.write_timeout) as scope:
+            await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            self.broken = True  # part of the answer may be out: the stream is out of step
+            raise _WriteTimedOut(
+                f"the client did not read the answer within {self.server.write_timeout} s")
+
     async def _send_quietly(self, data: bytes) -> None:
+        if self.broken:
+            return
         with trio.move_on_after(1.0):
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
+    async def _next_request(self) -> Request | None:
+        """The next whole request; None when the client closed or went idle too long.
+
+        One deadline covers a request's head and body, from the moment its first byte is
+        read (or, for a pipelined request already begun, from when its turn came)."""
+        reader = self.reader
+        deadline = trio.current_time() + self.server.request_timeout if reader.in_progress else None
+        while (request := reader.next()) is None:
+            if reader.continue_due():
+                await self.send(_CONTINUE)
+            if deadline is None:
+                with trio.move_on_after(self.server.idle_timeout):
+                    data = await self.stream.receive_some(RECEIVE)
+                    if not data:
+                        return None
+                    reader.feed(data)
+                    if reader.in_progress:
+                        deadline = trio.current_time() + self.server.request_timeout
+                    continue
+                return None  # idle too long between requests: close quietly
+            with trio.move_on_at(deadline):
+                data = await self.stream.receive_some(RECEIVE)
+                if not data:
+                    return None  # the client gave up in the middle of a request
+                reader.feed(data)
+                continue
+            raise trio.TooSlowError
+        return request
+
     async def _serve_requests(self) -> None:
         while not self.closing:
-            head = await self._read_head()
-            if head is None:
+            req = await self._next_request()
+            if req is None:
                 return
-            self.busy = True
-            req = parse_head(head)
-            if req.expect_continue and req.content_length and len(self.buffer) < req.content_length:
-                await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = await self._read_body(req.content_length)
+            self.handling = True
             self.server.stats["requests"] += 1
             direct = self.server.direct.get((req.method, req.raw_path)) if not req.query else None
             if direct is not None:
-                keep_alive = await self._run_direct(direct, req, body)
+                keep_alive = await self._run_direct(direct, req)
             else:
-                keep_alive = await self._run_app(req, body)
-            self.busy = False
+                keep_alive = await self._run_app(req)
+            self.handling = False
             if not keep_alive:
                 return
 
-    async def _run_direct(self, handler: DirectHandler, req: ParsedHead, body: bytes) -> bool:
+    async def _run_direct(self, handler: DirectHandler, req: Request) -> bool:
         """A hot route answered without the ASGI app: the handler gets the body, returns JSON."""
         try:
-            status, payload = await handler(body)
+            status, payload = await handler(req.body)
         except Exception as exc:  # noqa: BLE001 - the handler's bug must not take the peer down
             self.server.stats["app_errors"] += 1
             if self.server.log is not None:
-                self.server.log("http_app_error", path=req.raw_path.decode(), method=req.method, error=repr(exc)[:300])
+                self.server.log("http_app_error", path=req.raw_path.decode(), method=req.method,
+                                error=repr(exc)[:300])
             await self._send_quietly(_error_response(500, f"internal error: {type(exc).__name__}"))
             return False
         keep_alive = req.keep_alive and not self.closing
-        await self.stream.send_all(
+        await self.send(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
-            % (status, _reason(status), len(payload), b"" if keep_alive else b"connection: close\r\n", payload)
+            % (status, _reason(status), len(payload),
+               b"" if keep_alive else b"connection: close\r\n", payload)
         )
         return keep_alive
 
-    async def _run_app(self, req: ParsedHead, body: bytes) -> bool:
+    async def _run_app(self, req: Request) -> bool:
         """Run the app for one request; True if the connection may carry another."""
         try:
             path = unquote(req.raw_path.decode("ascii"), errors="strict")
@@ -295,7 +230,7 @@ class _Connection:
             nonlocal delivered
             if not delivered:
                 delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": req.body, "more_body": False}
             # Nothing more will come; the client "disconnects" once the answer is out.
             await done.wait()
             return {"type": "http.disconnect"}
@@ -304,16 +239,22 @@ class _Connection:
         try:
             await self.server.app(scope, receive, writer.send)
         except Exception as exc:  # noqa: BLE001 - the app's bug must not take the peer down
+            if self.broken:
+                raise _WriteTimedOut("the client did not read the answer in time") from exc
             self.server.stats["app_errors"] += 1
             if self.server.log is not None:
-                self.server.log("http_app_error", path=path, method=req.method, error=repr(exc)[:300])
-            if not writer.started:
-                await self._send_quietly(_error_response(500, f"internal error: {type(exc).__name__}"))
+                self.server.log("http_app_error", path=path, method=req.method,
+                                error=repr(exc)[:300])
+            if not writer.head_sent:
+                await self._send_quietly(
+                    _error_response(500, f"internal error: {type(exc).__name__}"))
             return False
         finally:
             done.set()
+        if self.broken:  # the app caught our write timeout and carried on
+            raise _WriteTimedOut("the client did not read the answer in time")
         if not writer.finished:
-            if not writer.started:
+            if not writer.head_sent:
                 await self._send_quietly(_error_response(500, "the app sent no answer"))
             return False
         return writer.keep_alive
@@ -324,7 +265,6 @@ class _ResponseWriter:
 
     def __init__(self, conn: _Connection, head_only: bool, version: str, keep_alive: bool) -> None:
         self.conn = conn
-        self.stream = conn.stream
         self.head_only = head_only
         self.version = version
         self.keep_alive = keep_alive
@@ -333,7 +273,8 @@ class _ResponseWriter:
         self.chunked = False
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
-        self.has_length = False
+        self.declared: int | None = None  # the app's own Content-Length
+        self.sent = 0
         self.head_sent = False
 
     def _head(self, extra: list[tuple[bytes, bytes]]) -> bytes:
@@ -355,7 +296,13 @@ class _ResponseWriter:
             self.started = True
             self.status = int(message["status"])
             self.headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
-            self.has_length = any(k == b"content-length" for k, _ in self.headers)
+            lengths = {v.strip() for k, v in self.headers if k == b"content-length"}
+            if lengths:
+                value = lengths.pop()
+                if lengths or not value.isdigit():
+                    raise RuntimeError(
+                        f"the app's Content-Length is not one number: {value[:20]!r}")
+                self.declared = int(value)
             return
         if kind != "http.response.body":
             return
@@ -365,9 +312,18 @@ class _ResponseWriter:
         more = bool(message.get("more_body", False))
         if self.head_only or self.status in _NO_BODY_STATUSES:
             body = b""
+        elif self.declared is not None:
+            # The client frames the answer by this length: a body longer or shorter than it
+            # would make the client read the next answer's bytes as this one's.
+            self.sent += len(body)
+            if self.sent > self.declared or (not more and self.sent < self.declared):
+                which = "more" if self.sent > self.declared else "fewer"
+                raise RuntimeError(
+                    f"the app sent {which} bytes than its Content-Length ({self.declared})")
         if not self.head_sent:
             extra: list[tuple[bytes, bytes]] = []
-            if not self.has_length and not self.head_only and self.status not in _NO_BODY_STATUSES:
+            has_body = not self.head_only and self.status not in _NO_BODY_STATUSES
+            if self.declared is None and has_body:
                 if more:
                     if self.version == "1.1":
                         self.chunked = True
@@ -385,12 +341,32 @@ class _ResponseWriter:
                 data += b"0\r\n\r\n"
             self.finished = True
         if data:
-            await self.stream.send_all(data)
+            await self.conn.send(data)
 
     def _chunk(self, body: bytes) -> bytes:
         if not body:
             return b""
         return b"%x\r\n%s\r\n" % (len(body), body)
+
+
+async def _refuse(stream: trio.abc.Stream, answer: bytes) -> None:
+    """Answer a connection over the cap and close it, in at most a second."""
+    try:
+        with trio.move_on_after(1.0):
+            await stream.send_all(answer)
+            send_eof = getattr(stream, "send_eof", None)
+            if send_eof is not None:
+                await send_eof()
+                # Read what the client sent before closing: closing a socket with unread bytes
+                # makes the kernel send a reset, which can destroy the 503 before it is read.
+                received = 0
+                while received < MAX_HEAD and (data := await stream.receive_some(RECEIVE)):
+                    received += len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
 
 
 @dataclass
@@ -402,15 +378,33 @@ class HttpServer:
     # (method, raw path) -> handler, for the few hot routes that skip the framework; a request
     # with a query string always goes to the app.
     direct: dict[tuple[str, bytes], DirectHandler] = field(default_factory=dict)
+    request_timeout: float = REQUEST_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    write_timeout: float = WRITE_TIMEOUT
+    max_connections: int = MAX_CONNECTIONS
     connections: set[_Connection] = field(default_factory=set)
     stats: dict[str, int] = field(
-        default_factory=lambda: {"connections": 0, "requests": 0, "bad_requests": 0, "timeouts": 0, "app_errors": 0}
+        default_factory=lambda: {"connections": 0, "requests": 0, "bad_requests": 0, "timeouts": 0,
+                                 "app_errors": 0, "write_timeouts": 0, "refused_over_cap": 0}
     )
+    _all_closed: trio.Event | None = field(default=None, init=False, repr=False)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def serve_connection(self, stream: trio.abc.Stream) -> None:
+        """Serve one client's connection until it closes (the listener's handler; tests hand in
+        memory streams). Over `max_connections`, the client gets 503 and the connection closes."""
+        if len(self.connections) >= self.max_connections:
+            self.stats["refused_over_cap"] += 1
+            await _refuse(stream, _error_response(
+                503, f"more than {self.max_connections} connections; try again"))
+            return
         conn = _Connection(self, stream)
         self.connections.add(conn)
         await conn.run()
+
+    def _forget(self, conn: _Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._all_closed is not None:
+            self._all_closed.set()
 
     async def serve(
         self,
@@ -428,18 +422,20 @@ class HttpServer:
 
             async def accept() -> None:
                 with accept_scope:
-                    await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+                    await trio.serve_listeners(self.serve_connection, listeners,
+                                               handler_nursery=nursery)
 
             nursery.start_soon(accept)
             task_status.started(http_url((host, bound[1])))
             await shutdown.wait()
             accept_scope.cancel()
             # Idle connections go now; busy ones finish their request and then close.
+            self._all_closed = trio.Event()
             for conn in list(self.connections):
                 conn.closing = True
                 if not conn.busy:
                     conn.scope.cancel()
-            with trio.move_on_after(GRACE):
-                while self.connections:
-                    await trio.sleep(0.01)
+            if self.connections:
+                with trio.move_on_after(GRACE):
+                    await self._all_closed.wait()
             nursery.cancel_scope.cancel()

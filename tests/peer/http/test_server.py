@@ -1,83 +1,36 @@
-"""The peer's HTTP/1.1 server: parsing, keep-alive, pipelining, refusals, streaming, shutdown."""
+"""The peer's HTTP/1.1 server: keep-alive, pipelining, refusals, streaming, limits, shutdown.
+
+Answers are read with h11 (tests/peer/http/h11_wire.py), never with a parser of the test's own.
+Timing is ordered with events and trio's virtual clock; real sockets where the kernel matters.
+"""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import trio
+import trio.testing
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from peer.http.server import MAX_BODY, BadRequest, HttpServer, parse_head
+from peer.http.server import REQUEST_TIMEOUT, WRITE_TIMEOUT, HttpServer
+from tests.peer.http.h11_wire import RawClient
 
-# --- parse_head ----------------------------------------------------------------------------------
-
-
-def test_parse_head_reads_method_path_query_and_length():
-    req = parse_head(b"POST /orders/a%20b?x=1&y=2 HTTP/1.1\r\nHost: h\r\nContent-Length: 12")
-    assert (req.method, req.raw_path, req.query) == ("POST", b"/orders/a%20b", b"x=1&y=2")
-    assert req.content_length == 12
-    assert req.headers == [(b"host", b"h"), (b"content-length", b"12")]
-    assert req.keep_alive
-
-
-@pytest.mark.parametrize(
-    ("version", "connection", "keep"),
-    [
-        (b"HTTP/1.1", b"", True),
-        (b"HTTP/1.1", b"Connection: close", False),
-        (b"HTTP/1.1", b"Connection: keep-alive, Upgrade", True),
-        (b"HTTP/1.0", b"", False),
-        (b"HTTP/1.0", b"Connection: Keep-Alive", True),
-    ],
-)
-def test_parse_head_keep_alive_follows_version_and_connection_header(version, connection, keep):
-    head = b"GET / " + version + (b"\r\n" + connection if connection else b"")
-    assert parse_head(head).keep_alive is keep
-
-
-@pytest.mark.parametrize(
-    ("head", "status", "words"),
-    [
-        (b"GET /", 400, "request line"),
-        (b"GET / HTTP/2.0", 505, "not supported"),
-        (b"GET / SPDY/3", 400, "HTTP/1.1"),
-        (b"G(T / HTTP/1.1", 400, "method"),
-        (b"GET http://x/ HTTP/1.1", 400, "target"),
-        (b"GET /\x7f HTTP/1.1", 400, "target"),
-        (b"GET / HTTP/1.1\r\nno-colon-here", 400, "malformed header"),
-        (b"GET / HTTP/1.1\r\nA: b\r\n folded", 400, "malformed header"),
-        (b"GET / HTTP/1.1\r\nbad name: x", 400, "malformed header"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4", 400, "conflicting"),
-        (b"POST / HTTP/1.1\r\nContent-Length: -3", 400, "non-negative"),
-        (b"POST / HTTP/1.1\r\nContent-Length: 0x10", 400, "non-negative"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked", 411, "Content-Length"),
-        (b"POST / HTTP/1.1\r\nContent-Length: %d" % (MAX_BODY + 1), 413, "larger"),
-        (b"GET / HTTP/1.1\r\nExpect: magic", 417, "100-continue"),
-        (b"GET / HTTP/1.1" + b"\r\nx: y" * 101, 431, "header fields"),
-    ],
-)
-def test_parse_head_refuses_malformed_requests_with_a_status_and_reason(head, status, words):
-    with pytest.raises(BadRequest) as info:
-        parse_head(head)
-    assert info.value.status == status
-    assert words in str(info.value)
-
-
-def test_parse_head_allows_identical_repeated_content_length():
-    assert parse_head(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3").content_length == 3
-
-
-# --- a real server on loopback -------------------------------------------------------------------
+# --- the app under test --------------------------------------------------------------------------
 
 
 async def echo(request: Request) -> Response:
     body = await request.body()
     return JSONResponse(
-        {"method": request.method, "path": request.url.path, "query": dict(request.query_params), "body": body.decode()}
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "query": dict(request.query_params),
+            "body": body.decode(),
+            "scope_path": request.scope["path"],
+        }
     )
 
 
@@ -89,18 +42,33 @@ async def stream(request: Request) -> Response:
     async def parts():
         for i in range(3):
             yield f"part{i};".encode()
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     return StreamingResponse(parts(), media_type="text/plain")
 
 
+class Gate:
+    """Lets a test hold `/slow` in the middle of requests: `started` is set once `expect` of
+    them have begun, and each answers once `release` is set."""
+
+    def __init__(self) -> None:
+        self.expect = 1
+        self.arrived = 0
+        self.started = trio.Event()
+        self.release = trio.Event()
+
+
 async def slow(request: Request) -> Response:
-    await trio.sleep(0.3)
+    gate: Gate = request.app.state.gate
+    gate.arrived += 1
+    if gate.arrived >= gate.expect:
+        gate.started.set()
+    await gate.release.wait()
     return JSONResponse({"slow": "done"})
 
 
 def make_app() -> Starlette:
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/echo/{rest:path}", echo, methods=["GET", "POST", "PUT"]),
             Route("/boom", boom),
@@ -108,127 +76,136 @@ def make_app() -> Starlette:
             Route("/slow", slow),
         ]
     )
+    app.state.gate = Gate()
+    return app
 
 
-async def start_server(nursery, app=None):
+async def direct_orders(body: bytes) -> tuple[int, bytes]:
+    if body == b"crash":
+        raise ValueError("handler bug")
+    return 201, json.dumps({"got": body.decode()}).encode()
+
+
+async def start_server(nursery, app=None, **limits):
     shutdown = trio.Event()
-    server = HttpServer(app or make_app())
+    server = HttpServer(app or make_app(), direct={("POST", b"/direct"): direct_orders}, **limits)
     url = await nursery.start(server.serve, ("127.0.0.1", 0), shutdown)
     port = int(url.rsplit(":", 1)[1])
     return server, port, shutdown
 
 
-async def read_answers(stream: trio.SocketStream, n: int) -> list[tuple[int, dict, bytes]]:
-    """Read n answers with Content-Length or chunked bodies; returns (status, headers, body)."""
-    buf = b""
-    out = []
-    while len(out) < n:
-        while b"\r\n\r\n" not in buf:
-            data = await stream.receive_some(65536)
-            assert data, f"closed after {len(out)} answers: {buf!r}"
-            buf += data
-        head, buf = buf.split(b"\r\n\r\n", 1)
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ")[1])
-        headers = {k.lower().decode(): v.strip().decode() for k, _, v in (line.partition(b":") for line in lines[1:])}
-        if status == 100:
-            continue
-        if headers.get("transfer-encoding") == "chunked":
-            body = b""
-            while True:
-                while b"\r\n" not in buf:
-                    buf += await stream.receive_some(65536)
-                size_line, buf = buf.split(b"\r\n", 1)
-                size = int(size_line, 16)
-                while len(buf) < size + 2:
-                    buf += await stream.receive_some(65536)
-                body += buf[:size]
-                buf = buf[size + 2 :]
-                if size == 0:
-                    break
-        else:
-            length = int(headers.get("content-length", "0"))
-            while len(buf) < length:
-                buf += await stream.receive_some(65536)
-            body, buf = buf[:length], buf[length:]
-        out.append((status, headers, body))
-    return out
+async def connect(port: int) -> RawClient:
+    return RawClient(await trio.open_tcp_stream("127.0.0.1", port))
 
 
-async def read_to_eof(stream: trio.SocketStream) -> bytes:
-    buf = b""
-    with trio.fail_after(5):
-        while data := await stream.receive_some(65536):
-            buf += data
-    return buf
+# --- over real sockets ---------------------------------------------------------------------------
 
 
 async def test_server_keeps_a_connection_alive_across_requests_and_decodes_the_path():
     async with trio.open_nursery() as nursery:
         server, port, shutdown = await start_server(nursery)
-        s = await trio.open_tcp_stream("127.0.0.1", port)
+        c = await connect(port)
         for i in range(3):
             body = json.dumps({"i": i}).encode()
-            await s.send_all(b"POST /echo/a%%20b?x=%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (i, len(body), body))
-            [(status, headers, answer)] = await read_answers(s, 1)
-            assert status == 200
-            assert json.loads(answer) == {"method": "POST", "path": "/echo/a b", "query": {"x": str(i)}, "body": body.decode()}
+            await c.send(
+                b"POST /echo/a%%20b?x=%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+                % (i, len(body), body)
+            )
+            reply = await c.reply()
+            assert reply.status == 200
+            assert reply.json() == {
+                "method": "POST",
+                "path": "/echo/a b",
+                "query": {"x": str(i)},
+                "body": body.decode(),
+                "scope_path": "/echo/a b",
+            }
         assert server.stats["connections"] == 1
         assert server.stats["requests"] == 3
-        await s.aclose()
+        await c.stream.aclose()
         shutdown.set()
 
 
 async def test_server_answers_pipelined_requests_in_order():
     async with trio.open_nursery() as nursery:
         _, port, shutdown = await start_server(nursery)
-        s = await trio.open_tcp_stream("127.0.0.1", port)
-        await s.send_all(b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(5)))
-        answers = await read_answers(s, 5)
-        assert [json.loads(b)["path"] for _, _, b in answers] == [f"/echo/{i}" for i in range(5)]
-        await s.aclose()
+        c = await connect(port)
+        await c.send(b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(5)))
+        replies = await c.replies(5)
+        assert [r.json()["path"] for r in replies] == [f"/echo/{i}" for i in range(5)]
+        shutdown.set()
+
+
+async def test_server_answers_a_direct_route_without_the_app_and_keeps_the_connection():
+    async with trio.open_nursery() as nursery:
+        server, port, shutdown = await start_server(nursery)
+        c = await connect(port)
+        await c.send(
+            b"POST /direct HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+            b"POST /direct HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\ncrash"
+        )
+        first, second = await c.replies(2)
+        assert (first.status, first.json()) == (201, {"got": "hi"})
+        assert second.status == 500 and "internal" in second.json()["error"]
+        assert second.headers["connection"] == "close" and await c.closed()
+        assert server.stats["app_errors"] == 1
         shutdown.set()
 
 
 async def test_server_refuses_a_malformed_request_with_json_and_closes_and_keeps_serving():
     async with trio.open_nursery() as nursery:
         server, port, shutdown = await start_server(nursery)
-        s = await trio.open_tcp_stream("127.0.0.1", port)
-        await s.send_all(b"POST /echo/x HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
-        raw = await read_to_eof(s)
-        assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n")
-        assert b"connection: close" in raw
-        assert "Content-Length" in json.loads(raw.split(b"\r\n\r\n", 1)[1])["error"]
+        c = await connect(port)
+        await c.send(b"POST /echo/x HTTP/1.1\r\nHost: t\r\nContent-Length: nope\r\n\r\n")
+        reply = await c.reply()
+        assert reply.status == 400 and reply.headers["connection"] == "close"
+        assert "Content-Length" in reply.json()["error"]
+        assert await c.closed()
         assert server.stats["bad_requests"] == 1
-        s2 = await trio.open_tcp_stream("127.0.0.1", port)
-        await s2.send_all(b"GET /echo/ok HTTP/1.1\r\n\r\n")
-        [(status, _, _)] = await read_answers(s2, 1)
-        assert status == 200
-        await s2.aclose()
+        c2 = await connect(port)
+        await c2.send(b"GET /echo/ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await c2.reply()).status == 200
+        shutdown.set()
+
+
+async def test_server_refuses_an_http11_request_without_host_with_400():
+    async with trio.open_nursery() as nursery:
+        server, port, shutdown = await start_server(nursery)
+        c = await connect(port)
+        await c.send(b"GET /echo/x HTTP/1.1\r\n\r\n")
+        reply = await c.reply()
+        assert reply.status == 400 and "Host" in reply.json()["error"]
+        assert await c.closed()
+        # HTTP/1.0 has no Host requirement.
+        c2 = await connect(port)
+        await c2.send(b"GET /echo/old HTTP/1.0\r\n\r\n")
+        assert (await c2.reply()).status == 200
         shutdown.set()
 
 
 async def test_server_refuses_an_oversized_head_with_431():
     async with trio.open_nursery() as nursery:
         _, port, shutdown = await start_server(nursery)
-        s = await trio.open_tcp_stream("127.0.0.1", port)
-        await s.send_all(b"GET /echo/x HTTP/1.1\r\nX-Big: " + b"a" * 70_000)
-        raw = await read_to_eof(s)
-        assert raw.startswith(b"HTTP/1.1 431 ")
+        c = await connect(port)
+        await c.send(b"GET /echo/x HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 70_000)
+        reply = await c.reply()
+        assert reply.status == 431 and await c.closed()
         shutdown.set()
 
 
 async def test_server_sends_100_continue_before_reading_an_expected_body():
     async with trio.open_nursery() as nursery:
         _, port, shutdown = await start_server(nursery)
-        s = await trio.open_tcp_stream("127.0.0.1", port)
-        await s.send_all(b"POST /echo/x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        c = await connect(port)
+        await c.send(
+            b"POST /echo/x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+        )
         with trio.fail_after(2):
-            interim = await s.receive_some(100)
-        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
-        await s.send_all(b"abcd")
-        [(status, _, body)] = await read_answers(s, 1)
-        assert status == 200 and json.loads(body)["body"] == "abcd"
+            interim = await c.reply("POST", interim=True)
+        assert interim.status == 100
+        await c.send(b"abcd")
+        reply = await c.reply("POST")
+        assert reply.status == 200 and reply.json()["body"] == "abcd"
         shutdown.set()
 
 
@@ -241,67 +218,220 @@ async def raising_asgi_app(scope, receive, send):
 async def test_server_turns_a_handler_exception_into_500_json_and_stays_up():
     async with trio.open_nursery() as nursery:
         server, port, shutdown = await start_server(nursery, raising_asgi_app)
-        s = await trio.open_tcp_stream("127.0.0.1", port)
-        await s.send_all(b"GET /boom HTTP/1.1\r\n\r\n")
-        raw = await read_to_eof(s)
-        assert raw.startswith(b"HTTP/1.1 500 ")
-        assert "internal" in json.loads(raw.split(b"\r\n\r\n", 1)[1])["error"].lower()
+        c = await connect(port)
+        await c.send(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
+        reply = await c.reply()
+        assert reply.status == 500 and "internal" in reply.json()["error"].lower()
+        assert await c.closed()
         assert server.stats["app_errors"] == 1
-        s2 = await trio.open_tcp_stream("127.0.0.1", port)
-        await s2.send_all(b"GET /echo/after HTTP/1.1\r\n\r\n")
-        [(status, _, _)] = await read_answers(s2, 1)
-        assert status == 200
+        c2 = await connect(port)
+        await c2.send(b"GET /echo/after HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await c2.reply()).status == 200
         shutdown.set()
 
 
 async def test_server_streams_a_response_without_length_as_chunks_then_serves_the_next():
     async with trio.open_nursery() as nursery:
         _, port, shutdown = await start_server(nursery)
-        s = await trio.open_tcp_stream("127.0.0.1", port)
-        await s.send_all(b"GET /stream HTTP/1.1\r\n\r\nGET /echo/next HTTP/1.1\r\n\r\n")
-        (status, headers, body), (status2, _, body2) = await read_answers(s, 2)
-        assert status == 200 and headers["transfer-encoding"] == "chunked"
-        assert body == b"part0;part1;part2;"
-        assert json.loads(body2)["path"] == "/echo/next"
+        c = await connect(port)
+        await c.send(
+            b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\nGET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        first, second = await c.replies(2)
+        assert first.status == 200 and first.headers["transfer-encoding"] == "chunked"
+        assert first.body == b"part0;part1;part2;"
+        assert second.json()["path"] == "/echo/next"
         shutdown.set()
 
 
 async def test_server_answers_head_with_headers_only():
     async with trio.open_nursery() as nursery:
         _, port, shutdown = await start_server(nursery)
-        s = await trio.open_tcp_stream("127.0.0.1", port)
-        await s.send_all(b"HEAD /echo/x HTTP/1.1\r\n\r\nGET /echo/y HTTP/1.1\r\n\r\n")
-        buf = b""
-        while buf.count(b"HTTP/1.1 200") < 2 or not buf.endswith(b"}"):
-            buf += await s.receive_some(65536)
-        first, second = buf.split(b"HTTP/1.1 200", 2)[1:]
-        assert first.endswith(b"\r\n\r\n")  # nothing after the HEAD answer's headers
-        assert b'"/echo/y"' in second
+        c = await connect(port)
+        await c.send(
+            b"HEAD /echo/x HTTP/1.1\r\nHost: t\r\n\r\nGET /echo/y HTTP/1.1\r\nHost: t\r\n\r\n"
+        )
+        head = await c.reply("HEAD")
+        # h11 reads the GET's answer next: any byte after the HEAD answer's headers would
+        # have been taken for the start of it, and refused.
+        get = await c.reply("GET")
+        assert head.status == 200 and head.body == b"" and int(head.headers["content-length"]) > 0
+        assert get.json()["path"] == "/echo/y"
         shutdown.set()
 
 
 async def test_server_http10_request_gets_an_answer_and_a_close():
     async with trio.open_nursery() as nursery:
         _, port, shutdown = await start_server(nursery)
-        s = await trio.open_tcp_stream("127.0.0.1", port)
-        await s.send_all(b"GET /echo/old HTTP/1.0\r\n\r\n")
-        raw = await read_to_eof(s)
-        assert raw.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in raw
+        c = await connect(port)
+        await c.send(b"GET /echo/old HTTP/1.0\r\n\r\n")
+        reply = await c.reply()
+        assert reply.status == 200 and reply.headers["connection"] == "close"
+        assert await c.closed()
+        shutdown.set()
+
+
+async def test_server_over_its_connection_cap_answers_503_and_closes():
+    async with trio.open_nursery() as nursery:
+        server, port, shutdown = await start_server(nursery, max_connections=1)
+        first = await connect(port)
+        await first.send(b"GET /echo/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await first.reply()).status == 200  # answered: it holds the only place
+        second = await connect(port)
+        await second.send(b"GET /echo/2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        reply = await second.reply()
+        assert reply.status == 503 and reply.headers["connection"] == "close"
+        assert await second.closed()
+        assert server.stats["refused_over_cap"] == 1 and len(server.connections) == 1
+        await first.send(b"GET /echo/3 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await first.reply()).status == 200  # the one it holds is untouched
         shutdown.set()
 
 
 async def test_shutdown_lets_a_request_in_flight_finish_and_closes_idle_connections():
+    app = make_app()
+    gate: Gate = app.state.gate
     async with trio.open_nursery() as nursery:
-        server, port, shutdown = await start_server(nursery)
-        idle = await trio.open_tcp_stream("127.0.0.1", port)
-        await idle.send_all(b"GET /echo/warm HTTP/1.1\r\n\r\n")
-        await read_answers(idle, 1)
-        busy = await trio.open_tcp_stream("127.0.0.1", port)
-        await busy.send_all(b"GET /slow HTTP/1.1\r\n\r\n")
-        await trio.sleep(0.05)
+        server, port, shutdown = await start_server(nursery, app)
+        idle = await connect(port)
+        await idle.send(b"GET /echo/warm HTTP/1.1\r\nHost: t\r\n\r\n")
+        await idle.reply()
+        busy = await connect(port)
+        await busy.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        await gate.started.wait()
         shutdown.set()
-        raw = await read_to_eof(busy)
-        assert raw.startswith(b"HTTP/1.1 200 ") and b'"done"' in raw
-        assert b"connection: close" in raw
-        assert await read_to_eof(idle) == b""
+        # The server has marked every connection closing and cut the idle one: all wait now.
+        await trio.testing.wait_all_tasks_blocked()
+        gate.release.set()
+        reply = await busy.reply()
+        assert reply.status == 200 and reply.json() == {"slow": "done"}
+        assert reply.headers["connection"] == "close"
+        assert await idle.closed()
     assert not server.connections
+
+
+# --- over memory streams, on trio's virtual clock ------------------------------------------------
+
+
+async def test_a_client_that_stops_reading_loses_its_connection_after_the_write_limit(
+    autojump_clock,
+):
+    client, server_side = trio.testing.lockstep_stream_pair()  # a write waits for a read
+    server = HttpServer(make_app())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, b"GET /echo/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        with trio.fail_after(WRITE_TIMEOUT + 5):
+            await server.serve_connection(server_side)  # returns once it gives up on the client
+    assert trio.current_time() >= WRITE_TIMEOUT
+    assert server.stats["write_timeouts"] == 1 and not server.connections
+
+
+async def test_one_deadline_covers_a_requests_head_and_body(autojump_clock):
+    client, server_side = trio.testing.memory_stream_pair()
+    server = HttpServer(make_app())
+    third = REQUEST_TIMEOUT * 0.6
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve_connection, server_side)
+        await client.send_all(b"POST /echo/x HTTP/1.1\r\nHost: t\r\n")
+        await trio.sleep(third)  # a slow client: each part on its own would be in time
+        await client.send_all(b"Content-Length: 4\r\n\r\n")
+        await trio.sleep(third)
+        try:
+            await client.send_all(b"abcd")
+        except trio.BrokenResourceError:
+            pass
+        reply = await RawClient(client).reply("POST")
+        assert reply.status == 408
+        assert server.stats["timeouts"] == 1
+
+
+async def test_a_kept_alive_connection_idle_past_the_limit_is_closed_quietly(autojump_clock):
+    client, server_side = trio.testing.memory_stream_pair()
+    server = HttpServer(make_app(), idle_timeout=75.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.serve_connection, server_side)
+        raw = RawClient(client)
+        await raw.send(b"GET /echo/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await raw.reply()).status == 200
+        answered = trio.current_time()
+        assert await raw.closed(within=100)
+        assert trio.current_time() - answered >= 75.0
+        assert server.stats["timeouts"] == 0
+
+
+def asgi_answer(status: int, headers: list[tuple[bytes, bytes]], *bodies: bytes):
+    """A raw ASGI app that sends `bodies` as separate messages (Starlette would fix the length)."""
+
+    async def app(scope, receive, send):
+        if scope["path"] != "/raw":
+            await make_app()(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        for i, body in enumerate(bodies):
+            await send(
+                {"type": "http.response.body", "body": body, "more_body": i < len(bodies) - 1}
+            )
+
+    return app
+
+
+async def serve_memory(app, raw: bytes) -> tuple[HttpServer, RawClient]:
+    client, server_side = trio.testing.memory_stream_pair()
+    server = HttpServer(app)
+    await client.send_all(raw)
+    await client.send_eof()
+    with trio.fail_after(5):
+        await server.serve_connection(server_side)
+    return server, RawClient(client)
+
+
+async def test_an_answer_shorter_than_the_apps_content_length_is_a_500_and_a_close():
+    app = asgi_answer(200, [(b"content-length", b"10")], b"short")
+    server, c = await serve_memory(
+        app, b"GET /raw HTTP/1.1\r\nHost: t\r\n\r\nGET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    reply = await c.reply()
+    assert reply.status == 500 and reply.headers["connection"] == "close"
+    assert await c.closed()  # the next request is not answered on a stream out of step
+    assert server.stats["app_errors"] == 1
+
+
+async def test_an_answer_longer_than_the_apps_content_length_is_cut_and_its_connection_closed():
+    app = asgi_answer(200, [(b"content-length", b"4")], b"abcd", b"efgh")
+    server, c = await serve_memory(
+        app, b"GET /raw HTTP/1.1\r\nHost: t\r\n\r\nGET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    reply = await c.reply()
+    assert reply.status == 200 and reply.body == b"abcd"
+    assert await c.closed()  # "efgh" never went out, nor the next answer
+    assert server.stats["app_errors"] == 1
+
+
+async def test_an_app_content_length_that_is_not_a_number_is_a_500():
+    app = asgi_answer(200, [(b"content-length", b"ten")], b"0123456789")
+    server, c = await serve_memory(app, b"GET /raw HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await c.reply()).status == 500
+    assert server.stats["app_errors"] == 1
+
+
+async def test_an_answer_that_matches_the_apps_content_length_keeps_the_connection():
+    app = asgi_answer(200, [(b"content-length", b"8")], b"abcd", b"efgh")
+    server, c = await serve_memory(
+        app, b"GET /raw HTTP/1.1\r\nHost: t\r\n\r\nGET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    first, second = await c.replies(2)
+    assert first.body == b"abcdefgh" and second.json()["path"] == "/echo/next"
+    assert server.stats["app_errors"] == 0
+
+
+async def test_a_pipelined_request_after_a_malformed_one_is_never_answered():
+    server, c = await serve_memory(
+        make_app(),
+        b"GET /echo/1 HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"GET /echo/2 HTTP/1.1\r\nHost: t\r\nbad header\r\n\r\n"
+        b"GET /echo/3 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    first, second = await c.replies(2)
+    assert first.status == 200 and second.status == 400
+    assert await c.closed()
+    assert server.stats["requests"] == 1 and server.stats["bad_requests"] == 1
