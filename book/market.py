@@ -28,7 +28,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from book.orders import Kind, Side
+from book.orders import Kind, Side, request_fields
 
 __all__ = [
     "DEFAULT_REGIMES",
@@ -339,14 +339,7 @@ class OrderIntent:
         """The request body for the exchange (field names of docs/interface.md), or a cancel's target."""
         if self.cancel_of is not None:
             return {"order_id": self.cancel_of, "symbol": self.symbol}
-        return {
-            "order_id": self.order_id,
-            "symbol": self.symbol,
-            "side": self.side.value,
-            "type": self.kind.value,
-            "quantity": self.quantity,
-            "limit_price": self.limit_price,
-        }
+        return request_fields(self)
 
 
 class OrderFlow:

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from book import bounds
+
+if TYPE_CHECKING:
+    from book.market import OrderIntent
 
 
 class Side(enum.Enum):
@@ -98,6 +102,19 @@ class DuplicateOrder(BookError):
     reason = "duplicate-order"
 
 
+def request_fields(order: Order | OrderIntent) -> dict:
+    """An order (or the flow's intent of one) as `POST /orders` takes it (field names of
+    docs/interface.md)."""
+    return {
+        "order_id": order.order_id,
+        "symbol": order.symbol,
+        "side": order.side.value,
+        "type": order.kind.value,
+        "quantity": order.quantity,
+        "limit_price": order.limit_price,
+    }
+
+
 @dataclass(slots=True, eq=False)
 class Order:
     """An order, or a quote leg when `quote_id` is set. Mutable only through `fill`/`move`."""
@@ -153,12 +170,7 @@ class Order:
 
     def to_json(self) -> dict:
         out = {
-            "order_id": self.order_id,
-            "symbol": self.symbol,
-            "side": self.side.value,
-            "type": self.kind.value,
-            "quantity": self.quantity,
-            "limit_price": self.limit_price,
+            **request_fields(self),
             "filled_quantity": self.filled,
             "remaining_quantity": self.remaining,
             "status": self.status.value,

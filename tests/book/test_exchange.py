@@ -206,92 +206,25 @@ def test_order_id_retry_is_idempotent_and_a_conflicting_reuse_is_refused():
     assert buy(ex, 0.4, "b1", 3)["reason"] == "conflict"
 
 
+GOOD_ORDER = {"order_id": "o", "symbol": SYM, "side": "buy", "type": "limit", "quantity": 1, "limit_price": 1}
+
+
 @pytest.mark.parametrize(
-    ("args", "field"),
+    ("change", "field"),
     [
-        (
-            {
-                "order_id": "o",
-                "symbol": "NOPE",
-                "side": "buy",
-                "type": "limit",
-                "quantity": 1,
-                "limit_price": 1,
-            },
-            "symbol",
-        ),
-        (
-            {
-                "order_id": "o",
-                "symbol": SYM,
-                "side": "up",
-                "type": "limit",
-                "quantity": 1,
-                "limit_price": 1,
-            },
-            "side",
-        ),
-        (
-            {
-                "order_id": "o",
-                "symbol": SYM,
-                "side": "buy",
-                "type": "stop",
-                "quantity": 1,
-                "limit_price": 1,
-            },
-            "type",
-        ),
-        (
-            {
-                "order_id": "o",
-                "symbol": SYM,
-                "side": "buy",
-                "type": "limit",
-                "quantity": 0,
-                "limit_price": 1,
-            },
-            "quantity",
-        ),
-        (
-            {
-                "order_id": "o",
-                "symbol": SYM,
-                "side": "buy",
-                "type": "limit",
-                "quantity": 1.5,
-                "limit_price": 1,
-            },
-            "quantity",
-        ),
-        (
-            {
-                "order_id": "o",
-                "symbol": SYM,
-                "side": "buy",
-                "type": "limit",
-                "quantity": 1,
-                "limit_price": "1",
-            },
-            "limit_price",
-        ),
-        (
-            {
-                "order_id": "",
-                "symbol": SYM,
-                "side": "buy",
-                "type": "limit",
-                "quantity": 1,
-                "limit_price": 1,
-            },
-            "order_id",
-        ),
+        ({"symbol": "NOPE"}, "symbol"),
+        ({"side": "up"}, "side"),
+        ({"type": "stop"}, "type"),
+        ({"quantity": 0}, "quantity"),
+        ({"quantity": 1.5}, "quantity"),
+        ({"limit_price": "1"}, "limit_price"),
+        ({"order_id": ""}, "order_id"),
     ],
 )
-def test_malformed_orders_name_the_field_and_change_nothing(args, field):
+def test_malformed_orders_name_the_field_and_change_nothing(change, field):
     ex = core()
     with pytest.raises(CommandError) as exc:
-        ex.submit_order(now=0, **args)
+        ex.submit_order(now=0, **{**GOOD_ORDER, **change})
     assert exc.value.field == field
     assert not ex.orders and all(len(b) == 0 for b in ex.books.values())
 

@@ -6,18 +6,9 @@ import itertools
 
 import pytest
 
+from book import orders
 from book.orderbook import NO_LIQUIDITY, OrderBook
-from book.orders import (
-    TRANSITIONS,
-    DuplicateOrder,
-    IllegalTransition,
-    InvalidOrder,
-    Kind,
-    Order,
-    Side,
-    Status,
-    UnknownOrder,
-)
+from book.orders import TRANSITIONS, Kind, Order, Side, Status
 
 BUY, SELL = Side.BUY, Side.SELL
 LIMIT, MARKET = Kind.LIMIT, Kind.MARKET
@@ -54,9 +45,9 @@ def book() -> OrderBook:
     return OrderBook("ABC")
 
 
-def submit_all(book: OrderBook, *orders: Order, now: float = 0.0) -> list:
+def submit_all(book: OrderBook, *batch: Order, now: float = 0.0) -> list:
     out = []
-    for o in orders:
+    for o in batch:
         out += book.submit(o, now)
         book.check_invariants()
     return out
@@ -181,7 +172,7 @@ def test_cancel_of_an_order_that_is_not_live_raises_unknown_order(book, what):
     book.cancel("c")
     oid = {"never-seen": "zzz", "filled": "f", "cancelled": "c"}[what]
     before = snapshot(book)
-    with pytest.raises(UnknownOrder):
+    with pytest.raises(orders.UnknownOrder):
         book.cancel(oid)
     assert snapshot(book) == before
 
@@ -275,7 +266,7 @@ def test_quote_leg_crosses_resting_orders_as_a_taker_and_rests_the_rest(book):
 
 def test_quote_leg_that_arrives_expired_is_rejected(book):
     q = leg("q", BUY, 100, 1, expires_at=5.0)
-    with pytest.raises(InvalidOrder):
+    with pytest.raises(orders.InvalidOrder):
         book.submit(q, 5.0)
     assert q.status is Status.REJECTED and len(book) == 0
 
@@ -313,24 +304,24 @@ ILLEGAL = [
 def test_every_illegal_transition_raises_and_changes_nothing(old, new):
     order = limit("o", BUY, 100, 5)
     order.status = old
-    with pytest.raises(IllegalTransition) as err:
+    with pytest.raises(orders.IllegalTransition) as err:
         order.move(new)
     assert order.status is old and (err.value.old, err.value.new) == (old, new)
 
 
 def test_cancel_a_filled_order_is_an_illegal_transition(book):
     (execution,) = submit_all(book, limit("m", SELL, 100, 1), limit("t", BUY, 100, 1))
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(orders.IllegalTransition):
         execution.maker.move(Status.CANCELLED)
     assert execution.maker.status is Status.FILLED
-    with pytest.raises(UnknownOrder):  # through the book it is simply no longer live
+    with pytest.raises(orders.UnknownOrder):  # through the book it is simply no longer live
         book.cancel("m")
 
 
 def test_fill_a_cancelled_order_is_an_illegal_transition(book):
     submit_all(book, limit("m", SELL, 100, 3))
     order = book.cancel("m")
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(orders.IllegalTransition):
         order.fill(1)
     assert order.status is Status.CANCELLED
 
@@ -343,7 +334,7 @@ def test_submitting_an_order_that_is_not_new_is_an_illegal_transition(book, stat
     order = limit("o", BUY, 100, 1)
     order.status = status
     before = snapshot(book)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(orders.IllegalTransition):
         book.submit(order, 0.0)
     assert order.status is status and snapshot(book) == before
 
@@ -351,7 +342,7 @@ def test_submitting_an_order_that_is_not_new_is_an_illegal_transition(book, stat
 def test_resubmitting_a_live_order_is_refused_and_leaves_it_live(book):
     o = limit("a", BUY, 99, 1)
     submit_all(book, o)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(orders.IllegalTransition):
         book.submit(o, 0.0)
     assert o.status is Status.RESTING and book.get("a") is o
     book.check_invariants()
@@ -369,7 +360,7 @@ def test_an_order_id_used_before_is_a_duplicate(book, state):
     book.cancel("cancelled")
     before = snapshot(book)
     again = limit(state, SELL, 95, 1)
-    with pytest.raises(DuplicateOrder) as err:
+    with pytest.raises(orders.DuplicateOrder) as err:
         book.submit(again, 0.0)
     assert err.value.reason == "duplicate-order"
     assert again.status is Status.REJECTED and snapshot(book) == before
@@ -405,7 +396,7 @@ def test_invalid_order_is_rejected_and_changes_nothing(book, change):
         created_at=0.0,
     )
     bad = Order(**{**fields, **change})
-    with pytest.raises(InvalidOrder) as err:
+    with pytest.raises(orders.InvalidOrder) as err:
         book.submit(bad, 0.0)
     assert err.value.reason == "invalid-order"
     assert bad.status is Status.REJECTED and bad.filled == 0
@@ -414,7 +405,7 @@ def test_invalid_order_is_rejected_and_changes_nothing(book, change):
 
 
 def test_a_refused_order_id_may_be_used_again(book):
-    with pytest.raises(InvalidOrder):
+    with pytest.raises(orders.InvalidOrder):
         book.submit(limit("x", BUY, 100, 0), 0.0)
     assert book.submit(limit("x", BUY, 100, 1), 0.0) == []
     assert book.get("x").status is Status.RESTING

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger import exposure
 from ledger.exposure import (
     ACTIVE,
     EXPIRED,
@@ -17,11 +18,9 @@ from ledger.exposure import (
     RELEASED,
     AppliedFill,
     ExposureBook,
-    InvalidInput,
     Refusal,
     Reservation,
     ReservationRequest,
-    parse_request,
 )
 
 T0 = 1_000.0
@@ -253,8 +252,8 @@ def test_a_request_that_would_expire_at_once_or_too_late_is_invalid():
     ({"holder": "h", "symbol": "AAPL", "bid_quantity": 1, "ask_quantity": 1, "ttl": 5}, "quote_id"),
 ])
 def test_malformed_requests_name_the_field(body, field):
-    with pytest.raises(InvalidInput) as err:
-        parse_request(body)
+    with pytest.raises(exposure.InvalidInput) as err:
+        exposure.parse_request(body)
     assert err.value.field == field
 
 

@@ -9,6 +9,7 @@ from book.authority import Authority, AuthorityState
 from book.fills import Quote
 from ledger.exposure import Usage
 from ledger.store import Position
+from viz import trading
 from viz.panels import (
     authority_panel,
     changes_panel,
@@ -20,15 +21,7 @@ from viz.panels import (
     trading_view,
     usage_bar,
 )
-from viz.trading import (
-    ExchangeSnapshot,
-    LedgerSnapshot,
-    SourceStatus,
-    TradingState,
-    record_exchange,
-    record_failure,
-    record_ledger,
-)
+from viz.trading import ExchangeSnapshot, LedgerSnapshot, SourceStatus, TradingState
 
 from .fake_cluster import make_fill
 
@@ -165,8 +158,8 @@ def test_the_usage_bar_never_hides_some_use_and_caps_at_full():
 def test_the_changes_panel_lists_each_line_or_says_none_yet():
     state = TradingState()
     assert "none seen yet" in text_of(changes_panel(state))
-    record_exchange(state, exchange_snapshot())
-    record_exchange(
+    trading.record_exchange(state, exchange_snapshot())
+    trading.record_exchange(
         state, exchange_snapshot(polled_at=T0 + 1, authority=(held("MSFT", "mm-3", 8),))
     )
     text = text_of(changes_panel(state))
@@ -175,7 +168,7 @@ def test_the_changes_panel_lists_each_line_or_says_none_yet():
 
 def test_stale_data_stays_on_screen_marked_with_its_age():
     status = fresh("ledger")
-    record_failure(status, "unreachable: connection refused")
+    trading.record_failure(status, "unreachable: connection refused")
     text = text_of(positions_panel(ledger_snapshot(), status, T0 + 3))
     assert "POSITIONS" in text and "stale 3.0s" in text
     assert "MSFT" in text  # the last good data is still shown
@@ -185,7 +178,7 @@ def test_stale_data_stays_on_screen_marked_with_its_age():
 
 def test_a_source_never_read_says_why_instead_of_showing_data():
     status = SourceStatus("exchange")
-    record_failure(status, "no exchange in the membership view")
+    trading.record_failure(status, "no exchange in the membership view")
     for panel in (
         authority_panel(None, status, T0),
         quotes_panel(None, status, T0),
@@ -199,7 +192,7 @@ def test_the_source_line_says_when_the_view_has_the_source_dead():
     status = SourceStatus(
         "exchange", name="exchange", url="http://exchange.test:1", member_state="dead", last_ok=T0
     )
-    record_failure(status, "unreachable: connection refused")
+    trading.record_failure(status, "unreachable: connection refused")
     text = text_of(source_line(status, T0 + 1))
     assert "exchange http://exchange.test:1" in text and "dead in the view" in text
 
@@ -207,11 +200,11 @@ def test_the_source_line_says_when_the_view_has_the_source_dead():
 def full_state() -> TradingState:
     state = TradingState()
     authority = tuple(held(s, "mm-1", 6) for s in SYMBOLS)
-    record_exchange(
+    trading.record_exchange(
         state, exchange_snapshot(authority=authority, quotes=tuple(quote(s) for s in SYMBOLS))
     )
-    record_exchange(state, exchange_snapshot(authority=tuple(held(s, "mm-2", 7) for s in SYMBOLS)))
-    record_ledger(state, ledger_snapshot())
+    trading.record_exchange(state, exchange_snapshot(authority=tuple(held(s, "mm-2", 7) for s in SYMBOLS)))
+    trading.record_ledger(state, ledger_snapshot())
     state.exchange.url, state.ledger.url = "http://exchange.test:8001", "http://ledger.test:8002"
     return state
 
@@ -243,7 +236,7 @@ def test_strings_from_the_cluster_are_drawn_as_text_never_as_markup():
     odd = {**held("MSFT", "[/bold]mm-9[red]", 2), "symbol": "[/]MSFT"}
     snap = exchange_snapshot(authority=(odd,), quotes=())
     status = SourceStatus("exchange")
-    record_failure(status, "bad answer: KeyError: ['x'] [/oops]")
+    trading.record_failure(status, "bad answer: KeyError: ['x'] [/oops]")
     text = text_of(authority_panel(snap, fresh("exchange"), T0))
     assert "[/bold]mm-9[red]" in text and "[/]MSFT" in text
     assert "KeyError: ['x'] [/oops]" in text_of(authority_panel(None, status, T0))
