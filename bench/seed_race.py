@@ -85,7 +85,7 @@ async def converge(kind: str, dirs: list[Path], names: list[str], t0: float, bou
                 for name, d in zip(names, dirs, strict=True):
                     if name not in urls:
                         try:
-                            urls[name] = json.loads(info_path(kind, d).read_text())["http"]
+                            urls[name] = json.loads(await trio.Path(info_path(kind, d)).read_text())["http"]
                         except (OSError, ValueError, KeyError):
                             pass
                 views: dict[str, set[str] | None] = {}

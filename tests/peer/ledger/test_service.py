@@ -108,7 +108,7 @@ async def test_a_reservation_expires_without_anyones_help(tmp_path, clock):
 
 
 async def test_a_damaged_database_stops_the_start_with_the_runbook_step_logged(tmp_path):
-    (tmp_path / DB_FILE).write_bytes(b"SQLite format 3\x00" + b"\x10\x00" + b"\x00" * 200)
+    await trio.Path(tmp_path / DB_FILE).write_bytes(b"SQLite format 3\x00" + b"\x10\x00" + b"\x00" * 200)
     log_path = tmp_path / "ledger.log"
     service = LedgerService(tmp_path, log=JsonLog("ledger", stream=None, path=log_path))
     with pytest.raises(LedgerDamaged):

@@ -8,14 +8,15 @@ import trio
 
 from peer.exchange.tape import TapeReader
 from peer.tools.checker import check_tape
-from tests.peer.exchange.test_service import Clock, started
+from tests.conftest import FakeClock
+from tests.peer.exchange.test_service import started
 
 QUOTE = {"bid_price": 99, "bid_quantity": 5, "ask_price": 101, "ask_quantity": 5}
 
 
 async def takeover_history(tmp_path) -> list[dict]:
     """mm-1 quotes AAPL, gets filled, dies; mm-2 claims a higher epoch and quotes; more fills."""
-    clock = Clock()
+    clock = FakeClock()
     alive = {"mm-1": True, "mm-2": True}
     async with trio.open_nursery() as nursery:
         service = await started(nursery, tmp_path, clock, is_alive=lambda name: alive.get(name, False))
@@ -35,7 +36,7 @@ async def takeover_history(tmp_path) -> list[dict]:
         clock.t += 1
         assert (await run("submit_order", {"order_id": "o2", **buy}))["fills"]
         nursery.cancel_scope.cancel()
-    return list(TapeReader(tmp_path / "exchange.tape").records())
+    return await trio.to_thread.run_sync(lambda: list(TapeReader(tmp_path / "exchange.tape").records()))
 
 
 def by_check(verdicts):
