@@ -2,11 +2,12 @@
 
 What it is for: driving `ledger.store.LedgerStore` for real. The store is opened (and checked)
 in a worker thread; then every change (fill batches from the exchange's outbox, reservation
-calls from market makers, the expiry sweep) goes through one queue. One writer task takes
-everything queued, runs it in a worker thread as ONE transaction with one commit (one fsync),
-and only then publishes the committed position updates to the in-memory tail of the stream,
-wakes the long polls and answers every request of the group. While a group commits, the next
-one gathers, so the number of fsyncs grows with what the disk allows, not with the requests.
+calls from market makers, the expiry sweep) goes through one queue, `peer.groupcommit`. Its
+writer task takes everything queued (up to MAX_GROUP), runs it in a worker thread as ONE
+transaction with one commit (one fsync), and only then publishes the committed position updates
+to the in-memory tail of the stream, wakes the long polls and answers every request of the
+group. While a group commits, the next one gathers, so the number of fsyncs grows with what the
+disk allows, not with the requests.
 
 Reads (positions, exposure) come from the view the last commit left; older fills and stream
 catch-up come from a second SQLite connection, bounded by the last published sequence number.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import trio
 from ledger.exposure import LIMIT, MAX_TTL, Refusal, Reservation, Usage
 from ledger.store import (
     DB_FILE,
+    GroupResult,
     LedgerDamaged,
     LedgerReader,
     LedgerStore,
@@ -37,6 +38,7 @@ from ledger.store import (
     Position,
     Sweep,
 )
+from peer.groupcommit import GroupCommit, Runner
 from peer.logs import JsonLog
 
 # Position updates kept in memory for the stream; older ones are read from the database.
@@ -48,13 +50,6 @@ SWEEP_INTERVAL = 1.0
 
 class LedgerUnavailable(RuntimeError):
     """The writer is not running (starting, stopped, or stopped by a failed commit)."""
-
-
-@dataclass(eq=False)
-class _Pending:
-    op: Op
-    done: trio.Event = field(default_factory=trio.Event)
-    result: Any = None
 
 
 class LedgerService:
@@ -69,7 +64,10 @@ class LedgerService:
         tail_size: int = TAIL_SIZE,
         log: JsonLog | None = None,
         clock: Callable[[], float] = time.time,
+        run_sync: Runner = trio.to_thread.run_sync,
     ):
+        """`run_sync` is how a group's blocking commit runs: a worker thread by default; a
+        simulation passes `peer.groupcommit.run_inline`."""
         self.data_dir = Path(data_dir)
         self.db_path = self.data_dir / db_file
         self.exposure_limit = exposure_limit
@@ -88,10 +86,17 @@ class LedgerService:
         self.committed = trio.Event()  # set (and replaced) after every commit
         self.counters: dict[str, int] = {"requests": 0, "groups": 0, "max_group": 0, "refused": 0}
         self.opened: dict[str, Any] = {}
-        self._queue: list[_Pending] = []
-        self._wakeup = trio.Event()
         self._running = False
         self._failure: BaseException | None = None
+        self._commits: GroupCommit[Op, Any] = GroupCommit(
+            self._apply,
+            publish=self._publish,
+            on_failure=self._commit_failed,
+            closed=lambda: LedgerUnavailable("the ledger stopped before this was committed"),
+            clock=lambda: self.clock(),  # read as each group is sealed, as `now` of its ops
+            run_sync=run_sync,
+            limit=MAX_GROUP,
+        )
         self._read_lock = trio.Lock()
 
     # --- start, write, stop -------------------------------------------------------------------
@@ -116,12 +121,12 @@ class LedgerService:
                                                               self.store.exposure.limit_ask])
             self._running = True
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer)
+                nursery.start_soon(self._commits.run)
                 nursery.start_soon(self._sweeper)
                 task_status.started(self.opened)
         finally:
             self._running = False
-            self._fail_queued(self._failure or LedgerUnavailable("the ledger stopped before this was committed"))
+            self._commits.close()  # anything still queued fails with LedgerUnavailable
             with trio.CancelScope(shield=True):
                 # Not under a read still running in a thread; closing the last connection
                 # checkpoints the log into the database file.
@@ -145,55 +150,39 @@ class LedgerService:
             raise LedgerUnavailable(f"the ledger's writer stopped: {self._failure}")
         if not self._running:
             raise LedgerUnavailable("the ledger is not running (starting or stopping)")
-        pending = _Pending(op)
-        self._queue.append(pending)
         self.counters["requests"] += 1
-        self._wakeup.set()
-        await pending.done.wait()
-        if isinstance(pending.result, BaseException):
-            if isinstance(pending.result, Refusal):
+        answer = await self._commits.submit(op)  # queued before its first checkpoint
+        if isinstance(answer, BaseException):
+            if isinstance(answer, Refusal):
                 self.counters["refused"] += 1
-            raise pending.result
-        return pending.result
+            raise answer
+        return answer
 
-    async def _writer(self) -> None:
+    # The three GroupCommit callbacks: the blocking commit (in a worker thread, `now` read in
+    # the trio task as the group is sealed), then what a committed or a failed group means.
+
+    def _apply(self, ops: list[Op], now: float) -> GroupResult:
         assert self.store is not None
-        while True:
-            if not self._queue:
-                self._wakeup = trio.Event()
-                await self._wakeup.wait()
-                continue
-            # Requests already runnable in this scheduler pass join the group.
-            await trio.lowlevel.checkpoint()
-            group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
-            try:
-                # Not abandoned on cancel: the group's fate must be known before anyone is told.
-                result = await trio.to_thread.run_sync(self.store.apply, [p.op for p in group], self.clock())
-            except Exception as exc:
-                self._failure = exc
-                self.log("ledger_write_failed", error=str(exc), ops=len(group), reason="commit-failed")
-                for p in group:
-                    p.result = LedgerUnavailable(f"not committed: {exc}")
-                    p.done.set()
-                raise
-            self.counters["groups"] += 1
-            self.counters["max_group"] = max(self.counters["max_group"], len(group))
-            self.positions = self.store.positions
-            self._extend_tail(result.updates)
-            for name, fields in result.events:
-                self.log(name, **fields)
-            for p, answer in zip(group, result.results, strict=True):
-                p.result = answer
-                p.done.set()
-            if result.updates:
-                self.committed.set()
-                self.committed = trio.Event()
+        return self.store.apply(ops, now)
 
-    def _fail_queued(self, error: BaseException) -> None:
-        queued, self._queue = self._queue, []
-        for p in queued:
-            p.result = error
-            p.done.set()
+    def _publish(self, ops: list[Op], result: GroupResult) -> list[Any]:
+        """Publish a committed group: the view, the stream's tail, the log; its answers."""
+        assert self.store is not None
+        self.counters["groups"] += 1
+        self.counters["max_group"] = max(self.counters["max_group"], len(ops))
+        self.positions = self.store.positions
+        self._extend_tail(result.updates)
+        for name, fields in result.events:
+            self.log(name, **fields)
+        if result.updates:
+            self.committed.set()
+            self.committed = trio.Event()
+        return result.results
+
+    def _commit_failed(self, exc: Exception, ops: list[Op]) -> BaseException:
+        self._failure = exc
+        self.log("ledger_write_failed", error=str(exc), ops=len(ops), reason="commit-failed")
+        return LedgerUnavailable(f"not committed: {exc}")
 
     async def _sweeper(self) -> None:
         """Records expired reservations; they already count for nothing from their expires_at."""
