@@ -1,4 +1,4 @@
-"""The exchange's event tape (`peer/exchange/tape/__init__.py`): format, writers, reader, torn tails, corruption."""
+"""The exchange's event tape (`peer/exchange/tape/`): format, writers, reader, torn tails, corruption."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import peer.exchange.tape as tape
+import peer.exchange.tape.writer as tape_writer
 from peer.exchange.tape import (
     FRAME_SIZE,
     HEADER,
@@ -163,13 +164,13 @@ def test_open_without_create_wants_an_existing_tape(tmp_path):
 async def test_concurrent_appends_share_fsyncs_and_are_durable_and_ordered(tmp_path, monkeypatch):
     path = tmp_path / "tape"
     synced_up_to = [0]  # the last seq on disk at each fsync
-    real_sync = tape._sync_fd
+    real_sync = tape_writer._sync_fd
 
     def sync_and_note(fd):
         real_sync(fd)
         synced_up_to.append(scan(path).last_seq)
 
-    monkeypatch.setattr(tape, "_sync_fd", sync_and_note)
+    monkeypatch.setattr(tape_writer, "_sync_fd", sync_and_note)
     n = 1000
     writer = TapeWriter(path)
     seq_of = {}
@@ -279,12 +280,54 @@ async def test_a_failed_fsync_fails_the_appends_and_stops_the_writer(tmp_path, m
         with pytest.RaisesGroup(pytest.RaisesExc(TapeWriteFailed, match="Input/output")):
             async with trio.open_nursery() as nursery:
                 await nursery.start(writer.run)
-                monkeypatch.setattr(tape, "_sync_fd", broken_disk)
+                monkeypatch.setattr(tape_writer, "_sync_fd", broken_disk)
                 nursery.start_soon(appender)
                 nursery.start_soon(appender)
     assert len(failures) == 2
     with pytest.raises(TapeWriteFailed, match="reopen"):
         await writer.append({"type": "b"})
+
+
+async def test_append_while_the_tape_is_being_opened_is_refused_and_close_then_stops_it(tmp_path):
+    # No seq can be given before the tape is read: an append then would get seq 1 whatever the
+    # tape holds.
+    path = tmp_path / "tape"
+    write_tape(path, 3)
+    may_open = trio.Event()
+
+    async def open_when_allowed(fn, *args):
+        await may_open.wait()
+        return fn(*args)
+
+    writer = TapeWriter(path, run_sync=open_when_allowed)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(TapeClosed, match="nursery.start"):
+                await writer.append({"type": "a"})
+            writer.close()
+            may_open.set()
+    assert writer.recovery is not None and writer.recovery.last_seq == 3
+    assert [r["seq"] for r in read_all(path)] == [1, 2, 3]
+
+
+async def test_the_writer_runs_inline_under_the_virtual_clock(tmp_path, autojump_clock):
+    # What a deterministic simulation does: no worker thread, batches held open in virtual time.
+    from peer.groupcommit import run_inline
+
+    path = tmp_path / "tape"
+    writer = TapeWriter(path, max_delay=0.5, run_sync=run_inline)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        start = trio.current_time()
+        async with trio.open_nursery() as appenders:
+            for i in range(10):
+                appenders.start_soon(writer.append, {"type": "a", "i": i})
+        assert trio.current_time() - start == pytest.approx(0.5)
+        await writer.aclose()
+    assert (writer.stats.records, writer.stats.fsyncs) == (10, 1)
+    assert [r["seq"] for r in read_all(path)] == list(range(1, 11))
 
 
 # --- torn tails -------------------------------------------------------------------------------
