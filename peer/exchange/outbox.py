@@ -49,7 +49,8 @@ async def deliver_fills(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run forever: push unacknowledged fills to the ledger, backing off while it is away."""
-    # One keep-alive client per ledger URL (the ledger may come back at another address).
+    # One keep-alive client, for the ledger's current URL (it may come back at another address:
+    # then the old client is closed and a new one made).
     clients: dict[str, HttpClient] = {}
     make = client_factory or (lambda url: HttpClient(url, max_connections=1, timeout=5.0))
     service.outbox_stats.update(batches=0, delivered=0, failures=0, refusals=0)
@@ -84,7 +85,13 @@ async def _deliver(
             failures += 1
             await trio.sleep(retry.delay(failures))
             continue
-        client = clients.get(url) or clients.setdefault(url, make(url))
+        client = clients.get(url)
+        if client is None:
+            # The ledger moved (or came back at another address): the old one's kept-alive
+            # connections are of no more use, so they are closed, not left open until exit.
+            for gone in list(clients):
+                await clients.pop(gone).aclose()
+            client = clients[url] = make(url)
         try:
             r = await client.post("/fills", json={"fills": [f.to_json() for f in pending]})
             ok = r.status // 100 == 2

@@ -37,6 +37,7 @@ import trio
 from gossip.types import Member
 from peer.backoff import Backoff
 from peer.http.client import Answer, HttpClient, HttpError
+from peer.http.client import path as http_path
 from peer.logs import JsonLog
 from peer.market_maker import answers as mm_answers
 from peer.market_maker.answers import AnswerError
@@ -156,10 +157,16 @@ class MarketMakerService:
     def _url(self, role: str) -> str | None:
         return self.roles.url(role, self.members())
 
-    def _client(self, url: str) -> HttpClient:
-        client = self._clients.get(url)
-        if client is None:
-            client = self._clients[url] = HttpClient(url, max_connections=16, timeout=self.request_timeout)
+    async def _client(self, role: str, url: str) -> HttpClient:
+        """The keep-alive client for `role`, at its current URL: when the role moves to another
+        address, the old client is closed, not left with connections open until exit."""
+        client = self._clients.get(role)
+        if client is None or client.base_url != url.rstrip("/"):
+            # Replaced before the old one is closed: no other call can see the old one after.
+            old, client = client, HttpClient(url, max_connections=16, timeout=self.request_timeout)
+            self._clients[role] = client
+            if old is not None:
+                await old.aclose()
         return client
 
     async def _call(self, role: str, method: str, path: str, body: Any = None, *,
@@ -170,7 +177,8 @@ class MarketMakerService:
             self.stats.request_failures += 1
             return None
         try:
-            return await self._client(url).request(method, path, json=body, timeout=timeout)
+            client = await self._client(role, url)
+            return await client.request(method, path, json=body, timeout=timeout)
         except HttpError as exc:
             self.stats.request_failures += 1
             self.log("mm_request_failed", role=role, method=method, path=path, error=str(exc)[:200])
@@ -327,12 +335,12 @@ class MarketMakerService:
                          Release: ("release", "releases")}[type(request)]
         setattr(self.stats, counter, getattr(self.stats, counter) + 1)
         sent_at = self.clock()
-        answer = await self._call("exchange", "POST", f"/authority/{request.symbol}/{kind}",
+        answer = await self._call("exchange", "POST", http_path("authority", request.symbol, kind),
                                   {"holder": self.name, "epoch": request.epoch})
         now = self.clock()
         body = None
         if answer is not None and answer.status in (200, 409):
-            body = self._read("exchange", "POST", f"/authority/{request.symbol}/{kind}", answer,
+            body = self._read("exchange", "POST", http_path("authority", request.symbol, kind), answer,
                               mm_answers.authority_answer)
         if body is None:
             if answer is not None and answer.status not in (200, 409):
@@ -494,7 +502,7 @@ class MarketMakerService:
             self._nursery.start_soon(self._release, rid, "no-authority")
             planner.on_result(attempt, accepted=False, reason="no-authority", now=self.clock())
             return
-        path = f"/quotes/{attempt.symbol}"
+        path = http_path("quotes", attempt.symbol)
         put = await self._call("exchange", "PUT", path, {
             "holder": self.name, "epoch": attempt.epoch, "seq": attempt.seq, "quote_id": attempt.quote_id,
             **terms.to_json(), "reservation_id": rid})
@@ -523,7 +531,7 @@ class MarketMakerService:
         planner = self.planners[attempt.symbol]
         rid = self.reservations.get(attempt.symbol)
         if rid is not None:
-            renewed = await self._call("ledger", "POST", f"/reservations/{rid}/renew",
+            renewed = await self._call("ledger", "POST", http_path("reservations", rid, "renew"),
                                        {"ttl": self.planner_config.quote_ttl + RESERVATION_MARGIN})
             if renewed is None or renewed.status != 200:
                 # Without a reservation that outlives the refreshed TTL, publish a new quote instead.
@@ -536,7 +544,7 @@ class MarketMakerService:
             planner.on_result(attempt, accepted=False, reason="no-authority", now=self.clock())
             return
         assert attempt.terms is not None
-        path = f"/quotes/{attempt.symbol}"
+        path = http_path("quotes", attempt.symbol)
         put = await self._call("exchange", "PUT", path, {
             "holder": self.name, "epoch": attempt.epoch, "seq": attempt.seq, "quote_id": attempt.quote_id,
             **attempt.terms.to_json(), "reservation_id": rid})
@@ -550,7 +558,7 @@ class MarketMakerService:
 
     async def _cancel(self, attempt: QuoteAttempt) -> None:
         planner = self.planners[attempt.symbol]
-        path = f"/quotes/{attempt.symbol}"
+        path = http_path("quotes", attempt.symbol)
         answer = await self._call("exchange", "DELETE", path,
                                   {"holder": self.name, "epoch": attempt.epoch, "seq": attempt.seq})
         result = self._verdict(answer, "DELETE", path)
@@ -578,7 +586,8 @@ class MarketMakerService:
 
     async def _release(self, reservation_id: str, why: str) -> None:
         # Best effort: a reservation nobody releases still expires with its quote's TTL.
-        answer = await self._call("ledger", "POST", f"/reservations/{reservation_id}/release", {"reason": why})
+        answer = await self._call("ledger", "POST", http_path("reservations", reservation_id, "release"),
+                                  {"reason": why})
         self.log("mm_reservation_released", reservation_id=reservation_id, reason=why,
                  status=None if answer is None else answer.status)
 

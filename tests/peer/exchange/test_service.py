@@ -19,6 +19,7 @@ from peer.backoff import Backoff
 from peer.exchange.outbox import deliver_fills
 from peer.exchange.service import TAPE_FILE, ExchangeService, TapeDivergence
 from peer.exchange.tape import TapeError, TapeReader, open_for_append
+from peer.http.client import Answer
 from peer.http.endpoints import serve_http
 from peer.tools.processes import poll_until
 from tests.conftest import FakeClock
@@ -204,6 +205,37 @@ async def test_a_ledger_that_refuses_a_batch_outright_raises_an_alarm_until_a_ba
             assert service.alarms() == {} and received == [f.fill_id for f in service.core.fills]
             assert "outbox_alarm_cleared" in [x["event"] for x in lines]
             nursery.cancel_scope.cancel()
+
+
+async def test_the_outbox_closes_the_client_of_a_ledger_that_moved(tmp_path, clock):
+    posted: list[str] = []
+    closed: list[str] = []
+
+    class Recorder:
+        """A client for one ledger URL: the first ledger is down (503), the second takes fills."""
+
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        async def post(self, path: str, json=None) -> Answer:
+            posted.append(self.url)
+            return Answer(503 if self.url.endswith("a") else 200, {}, b"{}")
+
+        async def aclose(self) -> None:
+            closed.append(self.url)
+
+    where = {"url": "http://ledger-a"}
+    async with trio.open_nursery() as nursery:
+        service = await started(nursery, tmp_path, clock)
+        await nursery.start(partial(deliver_fills, service, lambda: where["url"], client_factory=Recorder,
+                                    retry=Backoff(first=0.01, cap=0.01)))
+        await trade(service, clock)
+        await poll_until(lambda: "http://ledger-a" in posted, 5, "a batch offered to the first ledger")
+        where["url"] = "http://ledger-b"
+        await poll_until(lambda: service.ledger_acked >= 3, 5, "the fills acknowledged by the second")
+        assert closed == ["http://ledger-a"], "the first ledger's client is closed once it is not used"
+        nursery.cancel_scope.cancel()
+    assert closed == ["http://ledger-a", "http://ledger-b"]
 
 
 # --- a tape whose records are CRC-valid but mean nothing: refused by name, never another exception ------

@@ -14,12 +14,14 @@ import json
 from functools import partial
 
 import httpx
+import pytest
 import trio
 
 from gossip.types import Member, MemberState
 from peer.exchange.api import exchange_direct_routes, exchange_routes
 from peer.exchange.outbox import deliver_fills
 from peer.exchange.service import ExchangeService
+from peer.http.client import HttpError
 from peer.http.endpoints import PeerHandle, create_app, serve_http
 from peer.ledger.api import ledger_routes
 from peer.ledger.service import LedgerService
@@ -234,3 +236,14 @@ async def test_a_ledger_that_answers_garbage_costs_requests_never_the_market_mak
         events = [json.loads(line)["event"] for line in mm.log.stream.getvalue().splitlines()]
         assert "mm_answer_malformed" in events and "mm_loop_failed" not in events
         nursery.cancel_scope.cancel()
+
+
+async def test_the_client_of_a_role_that_moved_is_closed_and_a_new_one_made():
+    mm = MarketMakerService("mm-1", members=lambda: [])
+    first = await mm._client("ledger", "http://127.0.0.1:1")
+    assert await mm._client("ledger", "http://127.0.0.1:1/") is first  # same place, same client
+    exchange = await mm._client("exchange", "http://127.0.0.1:3")
+    moved = await mm._client("ledger", "http://127.0.0.1:2")
+    assert moved is not first and await mm._client("exchange", "http://127.0.0.1:3") is exchange
+    with pytest.raises(HttpError, match="closed"):
+        await first.get("/health")  # closed when the ledger moved, not left open until exit
