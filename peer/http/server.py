@@ -25,6 +25,7 @@ are not sent (murmur's apps have none).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -55,10 +56,6 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class _WriteTimedOut(trio.BrokenResourceError):
-    """The client did not take an answer within the write limit: the connection is dropped."""
-
-
 def _reason(status: int) -> bytes:
     try:
         return HTTPStatus(status).phrase.encode()
@@ -83,8 +80,11 @@ class _Connection:
         self.reader = RequestReader()
         self.handling = False
         self.closing = False
-        self.broken = False
+        # One cancel scope bounds the whole connection: its deadline is moved as the connection
+        # goes from phase to phase (a scope per read or write costs more than parsing a request).
+        # When it expires, `phase` tells which limit it was.
         self.scope = trio.CancelScope()
+        self.phase = "idle"  # idle | request | app | write
         sock = getattr(stream, "socket", None)
         try:
             self.client = sock.getpeername()[:2] if sock is not None else None
@@ -97,19 +97,25 @@ class _Connection:
         """A request is arriving or being answered: a shutdown lets it finish."""
         return self.handling or self.reader.in_progress
 
+    def _until(self, phase: str, deadline: float) -> None:
+        self.phase = phase
+        self.scope.deadline = deadline
+
     async def run(self) -> None:
         stats = self.server.stats
         stats["connections"] += 1
         try:
             with self.scope:
                 await self._serve_requests()
-        except _WriteTimedOut:
-            stats["write_timeouts"] += 1
+            if self.scope.cancelled_caught:
+                # Idle too long, or a shutdown: close quietly. The other two are counted.
+                if self.phase == "request":
+                    stats["timeouts"] += 1
+                    await self._send_quietly(_error_response(408, "request not completed in time"))
+                elif self.phase == "write":
+                    stats["write_timeouts"] += 1  # part of an answer may be out: just close
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-        except trio.TooSlowError:
-            stats["timeouts"] += 1
-            await self._send_quietly(_error_response(408, "request not completed in time"))
         except BadRequest as exc:
             stats["bad_requests"] += 1
             await self._send_quietly(_error_response(exc.status, str(exc)))
@@ -118,20 +124,15 @@ class _Connection:
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
-    async def send(self, data: bytes) -> None:
-        """Write one answer (or part), bounded: a client that stops reading loses its connection."""
-        if self.broken:
-            raise _WriteTimedOut("an earlier write timed out")
-        with trio.move_on_after(self.server.write_timeout) as scope:
-            await self.stream.send_all(data)
-        if scope.cancelled_caught:
-            self.broken = True  # part of the answer may be out: the stream is out of step
-            raise _WriteTimedOut(
-                f"the client did not read the answer within {self.server.write_timeout} s")
+    async def send(self, data: bytes, *, then_app: bool = True) -> None:
+        """Write one answer (or part) within the write limit: a client that stops reading loses
+        its connection. `then_app`: the app runs on after it (its time is not bounded)."""
+        self._until("write", trio.current_time() + self.server.write_timeout)
+        await self.stream.send_all(data)
+        if then_app:
+            self._until("app", math.inf)
 
     async def _send_quietly(self, data: bytes) -> None:
-        if self.broken:
-            return
         with trio.move_on_after(1.0):
             try:
                 await self.stream.send_all(data)
@@ -144,27 +145,22 @@ class _Connection:
         One deadline covers a request's head and body, from the moment its first byte is
         read (or, for a pipelined request already begun, from when its turn came)."""
         reader = self.reader
-        deadline = trio.current_time() + self.server.request_timeout if reader.in_progress else None
+        server = self.server
+        if reader.in_progress:
+            self._until("request", trio.current_time() + server.request_timeout)
+        else:
+            self._until("idle", trio.current_time() + server.idle_timeout)
         while (request := reader.next()) is None:
             if reader.continue_due():
-                await self.send(_CONTINUE)
-            if deadline is None:
-                with trio.move_on_after(self.server.idle_timeout):
-                    data = await self.stream.receive_some(RECEIVE)
-                    if not data:
-                        return None
-                    reader.feed(data)
-                    if reader.in_progress:
-                        deadline = trio.current_time() + self.server.request_timeout
-                    continue
-                return None  # idle too long between requests: close quietly
-            with trio.move_on_at(deadline):
-                data = await self.stream.receive_some(RECEIVE)
-                if not data:
-                    return None  # the client gave up in the middle of a request
-                reader.feed(data)
-                continue
-            raise trio.TooSlowError
+                deadline = self.scope.deadline
+                await self.send(_CONTINUE, then_app=False)
+                self._until("request", deadline)
+            data = await self.stream.receive_some(RECEIVE)
+            if not data:
+                return None  # the client closed, between requests or in the middle of one
+            reader.feed(data)
+            if self.phase == "idle" and reader.in_progress:
+                self._until("request", trio.current_time() + server.request_timeout)
         return request
 
     async def _serve_requests(self) -> None:
@@ -173,6 +169,7 @@ class _Connection:
             if req is None:
                 return
             self.handling = True
+            self._until("app", math.inf)
             self.server.stats["requests"] += 1
             direct = self.server.direct.get((req.method, req.raw_path)) if not req.query else None
             if direct is not None:
@@ -195,10 +192,12 @@ class _Connection:
             await self._send_quietly(_error_response(500, f"internal error: {type(exc).__name__}"))
             return False
         keep_alive = req.keep_alive and not self.closing
+        # The next thing after this answer is reading the next request, which sets its deadline.
         await self.send(
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
             % (status, _reason(status), len(payload),
-               b"" if keep_alive else b"connection: close\r\n", payload)
+               b"" if keep_alive else b"connection: close\r\n", payload),
+            then_app=False,
         )
         return keep_alive
 
@@ -239,8 +238,6 @@ class _Connection:
         try:
             await self.server.app(scope, receive, writer.send)
         except Exception as exc:  # noqa: BLE001 - the app's bug must not take the peer down
-            if self.broken:
-                raise _WriteTimedOut("the client did not read the answer in time") from exc
             self.server.stats["app_errors"] += 1
             if self.server.log is not None:
                 self.server.log("http_app_error", path=path, method=req.method,
@@ -251,8 +248,6 @@ class _Connection:
             return False
         finally:
             done.set()
-        if self.broken:  # the app caught our write timeout and carried on
-            raise _WriteTimedOut("the client did not read the answer in time")
         if not writer.finished:
             if not writer.head_sent:
                 await self._send_quietly(_error_response(500, "the app sent no answer"))
