@@ -28,10 +28,8 @@ from pathlib import Path
 import httpx
 import trio
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from peer.http.client import HttpClient  # noqa: E402
-from peer.tools.loadgen import run_load  # noqa: E402
+from peer.http.client import HttpClient, path
+from peer.tools.loadgen import run_load
 
 SYMBOLS = ["AAPL", "AMZN", "GOOG", "META", "MSFT", "NFLX", "NVDA", "TSLA"]
 
@@ -57,16 +55,16 @@ def start_exchange(data_dir: Path) -> tuple[subprocess.Popen, str]:
 
 async def quote_calls(url: str, n: int) -> dict:
     async with HttpClient(url, timeout=10) as c:
-        r = await c.post("/authority/MSFT/claim", json={"holder": "bench-mm", "epoch": int(time.time())})
+        r = await c.post(path("authority", "MSFT", "claim"), json={"holder": "bench-mm", "epoch": int(time.time())})
         epoch = r.json()["authority"]["epoch"]
-        price = (await c.get("/prices/MSFT")).json()["price"]
+        price = (await c.get(path("prices", "MSFT"))).json()["price"]
         lat = []
         for i in range(n):
             body = {"holder": "bench-mm", "epoch": epoch, "seq": i + 1, "quote_id": f"bq-{epoch}-{i}",
                     "bid_price": price - 50 - i % 3, "bid_quantity": 1, "ask_price": price + 50 + i % 3,
                     "ask_quantity": 1}
             t0 = time.perf_counter()
-            r = await c.put("/quotes/MSFT", json=body)
+            r = await c.put(path("quotes", "MSFT"), json=body)
             lat.append((time.perf_counter() - t0) * 1000)
             assert r.status == 200, r.body
     lat.sort()
