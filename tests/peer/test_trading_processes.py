@@ -87,7 +87,7 @@ async def test_takeover_after_sigkill_then_rejoin_then_graceful_leave_then_a_new
                 assert back[s]["epoch"] == after_kill[s]["epoch"], f"{s} moved on the rejoin but is not mm-2's"
 
         # Checked while it runs: the ledger is read as a snapshot first, the tape after it.
-        running = murmur_check(tmp_path / "c")
+        running = await murmur_check(tmp_path / "c")
         assert running.returncode == 0, running.stdout + running.stderr
 
         # A graceful leave hands over (release, then claim), without waiting for a lease to run out.
