@@ -56,3 +56,12 @@ def test_every_module_of_the_package_says_what_it_is_for():
                 if ast.get_docstring(tree) is None:
                     missing.append(str(path.relative_to(ROOT)))
     assert missing == []
+
+
+def test_benchmarks_import_the_installed_package_without_editing_sys_path():
+    edits = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "bench").glob("*.py"))
+        if re.search(r"sys\.path\.(insert|append)", path.read_text(encoding="utf-8"))
+    ]
+    assert edits == []
