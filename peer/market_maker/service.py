@@ -169,8 +169,10 @@ class MarketMakerService:
                 await old.aclose()
         return client
 
+    # `timeout` is passed on to the client, whose deadline ends in an answer of None (a failed
+    # call, counted), not in the caller's cancellation; a long poll needs a longer one.
     async def _call(self, role: str, method: str, path: str, body: Any = None, *,
-                    timeout: float | None = None) -> Answer | None:
+                    timeout: float | None = None) -> Answer | None:  # noqa: ASYNC109
         """One request to the exchange or the ledger; None if it is not reachable or did not answer."""
         url = self._url(role)
         if url is None:
