@@ -600,11 +600,8 @@ class MarketMakerService:
         failures = 0
         while True:
             path = f"/updates?after={self._updates_after}&wait={LONG_POLL}"
-            answer = await self._call("ledger", "GET", path, timeout=LONG_POLL + 2)
-            read = None
-            if answer is not None and answer.status == 200:
-                read = self._read("ledger", "GET", path, answer, mm_answers.updates)
-            elif answer is not None and answer.status == 409:
+            status, read = await self._long_poll("ledger", path, mm_answers.updates)
+            if status == 409:
                 await self._resync_positions("ledger-behind")
             if read is None:
                 failures += 1
@@ -619,6 +616,14 @@ class MarketMakerService:
                     self.stats.position_updates += 1
                     self._wake(u.symbol)
             self._updates_after = next_after
+
+    async def _long_poll(self, role: str, path: str, reader: Callable[[bytes], Any]) -> tuple[int | None, Any]:
+        """One long poll: the answer's status (None if none came) and what `reader` made of a
+        200 (None for anything else, or for a malformed body, which `_read` counts)."""
+        answer = await self._call(role, "GET", path, timeout=LONG_POLL + 2)
+        if answer is None or answer.status != 200:
+            return (None if answer is None else answer.status), None
+        return 200, self._read(role, "GET", path, answer, reader)
 
     async def _resync_positions(self, why: str) -> None:
         """The ledger has fewer updates than this peer saw (a database restored from a backup):
@@ -639,10 +644,7 @@ class MarketMakerService:
         failures = 0
         while True:
             path = f"/fills?after={self._fills_after}&wait={LONG_POLL}"
-            answer = await self._call("exchange", "GET", path, timeout=LONG_POLL + 2)
-            read = None
-            if answer is not None and answer.status == 200:
-                read = self._read("exchange", "GET", path, answer, mm_answers.fills)
+            _, read = await self._long_poll("exchange", path, mm_answers.fills)
             if read is None:
                 failures += 1
                 await self._retry_after(failures)
