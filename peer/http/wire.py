@@ -169,7 +169,10 @@ class RequestReader:
         elif name == b"host":
             self._hosts += 1
         elif name == b"expect":
-            self._expect = value.lower()
+            # Every Expect must be 100-continue: a later one must not hide an earlier one.
+            if value and value.lower() != b"100-continue":
+                raise BadRequest(417, "only Expect: 100-continue is supported")
+            self._expect = self._expect or value.lower()
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -338,6 +338,8 @@ def stricter_than_h11(request: h11.Request, raw: bytes) -> str | None:
         return "an HTTP version other than 1.0 and 1.1"
     if b"transfer-encoding" in names:
         return "a request body sent chunked (411)"
+    if any(re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", value) for _, value in headers):
+        return "a control character in a header value (RFC 9110 5.5: not a field-vchar)"
     # h11 folds "Content-Length: 1,1" into 1: the list is seen in the raw head only.
     if names.count(b"content-length") > 1 or re.search(rb"(?im)^content-length:[^\r\n]*,", head):
         return "a Content-Length repeated or given as a list, even of one value"
@@ -504,6 +506,8 @@ SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[Heal
 @example(b"\nGET / HTTP/1.1\r\nHost: h\r\n\r\n")
 @example(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1,1\r\n\r\na")
 @example(b"CONNECT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab")
+@example(b"CONNECT / HTTP/1.1\r\nHost: h\r\nExpect: h\r\nExpect: 100-continue\r\n\r\n")
+@example(b"CONNECT / HTTP/1.1\r\nHost:\x01 h\r\n\r\n")
 def test_server_verdict_on_generated_requests_matches_h11(raw):
     check_against_h11(raw)
 
