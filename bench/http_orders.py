@@ -20,9 +20,9 @@ import os
 import platform
 import signal
 import subprocess
-import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -30,27 +30,17 @@ import trio
 
 from peer.http.client import HttpClient, path
 from peer.tools.loadgen import run_load
+from peer.tools.processes import PeerDidNotStart, start_peer
 
 SYMBOLS = ["AAPL", "AMZN", "GOOG", "META", "MSFT", "NFLX", "NVDA", "TSLA"]
 
 
 def start_exchange(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "peer.cli", "peer", "--role", "exchange", "--name", "exchange", "--bind",
-         "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir", str(data_dir), "--profile", "local", "--quiet",
-         "--lease", "3600"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            url = json.loads((data_dir / "peer.json").read_text())["http"]
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except (OSError, ValueError, KeyError, httpx.HTTPError):
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("exchange did not start")
+    """A real exchange process on port 0 (its own flow off, an hour's lease) and its URL."""
+    try:
+        return trio.run(partial(start_peer, "exchange", data_dir, "--lease", "3600", bound=30))
+    except PeerDidNotStart as exc:
+        raise SystemExit(f"the exchange did not start: {exc}") from None
 
 
 async def quote_calls(url: str, n: int) -> dict:

@@ -132,6 +132,11 @@ class GossipNode:
         while core.pending_broadcasts() and core.counts()["alive"] + core.counts()["suspect"] > 0:
             # Broadcasts go out on gossip ticks; each flush is a chance that the last one went.
             await self._flushed.wait()
+        if core.counts()["alive"] + core.counts()["suspect"] > 0:
+            # The last transmissions went out just now: stay one gossip interval so that the
+            # members they reached relay the leave before this process stops answering probes
+            # (otherwise a member that has not heard yet suspects it first).
+            await trio.sleep(self.config.gossip_interval)
 
     def subscribe(self, buffer: int = 1000) -> trio.MemoryReceiveChannel[MemberEvent]:
         send, recv = trio.open_memory_channel[MemberEvent](buffer)
