@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from gossip.types import Member
 
 MARKET_MAKER_ROLE = "mm"
+# The gossip meta key a market maker sets (to its reason) while it cannot reach the exchange.
+ASIDE_KEY = "aside"
 
 # A personalisation string keeps these weights apart from any other BLAKE2b use in murmur.
 _PERSON = b"murmur-hrw-v1"
@@ -60,7 +62,11 @@ def candidates_from_view(members: Iterable[Member]) -> list[str]:
 
     Alive and suspect members count: a suspect keeps its symbols until it is declared dead, so a
     missed probe does not move authority back and forth. Dead and left members do not count.
+    Nor does a member whose meta has a truthy "aside": it says it cannot reach the exchange
+    (peer.market_maker.reach). Its peers may still see it alive, and would otherwise keep naming
+    it the owner of symbols it cannot claim or quote, leaving them unquoted for as long as its cut
+    lasts. Every peer reads the same meta from gossip, so they still agree on the owners.
     """
     return sorted(
-        {m.name for m in members if m.role == MARKET_MAKER_ROLE and m.state.is_up}
+        {m.name for m in members if m.role == MARKET_MAKER_ROLE and m.state.is_up and not m.meta.get(ASIDE_KEY)}
     )

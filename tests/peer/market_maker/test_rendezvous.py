@@ -148,3 +148,44 @@ def test_a_suspect_keeps_its_symbols_until_declared_dead():
     dead = [_m("mm-2", MemberState.DEAD) if m.name == "mm-2" else m for m in alive]
     after_death = assignment(symbols, candidates_from_view(dead))
     assert "mm-2" in base.values() and "mm-2" not in after_death.values()
+
+
+def test_a_member_aside_is_no_candidate():
+    view = [
+        _m("mm-1", MemberState.ALIVE),
+        Member("mm-2", ("127.0.0.1", 1), 2, MemberState.ALIVE, {"role": "mm", "aside": "exchange-unreachable"}),
+        Member("mm-3", ("127.0.0.1", 1), 2, MemberState.SUSPECT, {"role": "mm", "aside": True}),
+        # A falsy value is not aside: only a reason (or true) takes a member out.
+        Member("mm-4", ("127.0.0.1", 1), 2, MemberState.ALIVE, {"role": "mm", "aside": None}),
+        Member("mm-5", ("127.0.0.1", 1), 2, MemberState.ALIVE, {"role": "mm", "aside": ""}),
+    ]
+    assert candidates_from_view(view) == ["mm-1", "mm-4", "mm-5"]
+
+
+states = st.sampled_from(list(MemberState))
+asides = st.sampled_from([None, "", "exchange-unreachable", True, False, 0, 1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.dictionaries(names, st.tuples(states, asides, st.sampled_from(["mm", "exchange", "ledger"])),
+                         max_size=8),
+    symbols=st.lists(names, min_size=1, max_size=30, unique=True),
+)
+def test_assignment_without_the_aside_members_is_the_assignment_over_the_others(rows, symbols):
+    """Marking members aside is exactly removing them from the view: the others keep every
+    symbol they had, and only the aside members' symbols move, to the same owners as if those
+    members had left."""
+    view = [Member(n, ("127.0.0.1", 1), 1, s, {"role": r} if a is None else {"role": r, "aside": a})
+            for n, (s, a, r) in rows.items()]
+    not_aside = [m for m in view if not m.meta.get("aside")]
+    assert assignment(symbols, candidates_from_view(view)) == assignment(symbols, candidates_from_view(not_aside))
+    expected = sorted(m.name for m in view if m.role == "mm" and m.state.is_up and not m.meta.get("aside"))
+    assert candidates_from_view(view) == expected
+    plain = [Member(m.name, m.addr, m.incarnation, m.state, {"role": m.role}) for m in view]
+    before = assignment(symbols, candidates_from_view(plain))
+    after = assignment(symbols, candidates_from_view(view))
+    aside = {m.name for m in view if m.meta.get("aside")}
+    for s in symbols:
+        if before[s] not in aside:
+            assert after[s] == before[s]
