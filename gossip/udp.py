@@ -7,6 +7,14 @@ over TCP, both on the same port so a member is reached at one address. Start it 
 What it must never do: understand the bytes it moves, raise out of `send_packet` for a network
 error, buffer without bound, or let a broken peer or a failing stream handler take it down.
 Stream framing is a 4-byte big-endian length then the payload, for request and response alike.
+
+Fault injection: given `links` (a link filter, peer/faults/links.py; anything with its `packet`
+and `stream` methods), the transport obeys it. Packets it drops are counted (`filtered_out`,
+`filtered_in`); delayed or duplicated ones are sent (or handed to `recv_packet`) later by a task
+of the transport's nursery, at most MAX_HELD at once (more are dropped and counted as filtered).
+A blocked stream never connects: `exchange` waits until the caller's own deadline cancels it.
+Inbound streams come from ephemeral ports and are not filtered here: the dialing end blocks
+them. Without `links` (or while it holds no rule) nothing of this costs more than one check.
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
@@ -25,6 +36,8 @@ _LENGTH = struct.Struct(">I")
 # hold that TCP port, so try a few fresh ports before giving up.
 _BIND_ATTEMPTS = 5
 _LISTEN_BACKLOG = 128
+# Packets a link filter delays or duplicates, held at once; beyond it they are dropped (counted).
+MAX_HELD = 1024
 
 STAT_KEYS = (
     "packets_in",
@@ -37,7 +50,18 @@ STAT_KEYS = (
     "streams_out",
     "stream_errors",  # any failed stream, inbound or outbound, oversize ones included
     "oversize_dropped",  # datagrams or stream frames over their limit
+    "filtered_out",  # packets and streams the link filter dropped on their way out
+    "filtered_in",  # packets the link filter dropped on their way in
 )
+
+
+class Links(Protocol):
+    """What the transport asks of a link filter (peer.faults.links.LinkFilter); falsy while it
+    holds no rule."""
+
+    def __bool__(self) -> bool: ...
+    def packet(self, direction: str, addr: Address, now: float) -> list[float]: ...
+    def stream(self, addr: Address, now: float) -> tuple[bool, float]: ...
 
 
 class _FrameError(Exception):
@@ -52,9 +76,18 @@ class UdpTransport:
     """A `Transport` over trio sockets; see the module docstring."""
 
     def __init__(
-        self, bind: Address, *, stream_timeout: float = 10.0, recv_buffer: int = 1024
+        self,
+        bind: Address,
+        *,
+        stream_timeout: float = 10.0,
+        recv_buffer: int = 1024,
+        links: Links | None = None,
     ) -> None:
         self._bind_addr = bind
+        self._links = links
+        # Delayed or duplicated packets wait in tasks of this nursery (see MAX_HELD).
+        self._nursery: trio.Nursery | None = None
+        self._held = 0
         self._stream_timeout = stream_timeout
         self._handler: StreamHandler | None = None
         self._udp: trio.socket.SocketType | None = None
@@ -83,6 +116,7 @@ class UdpTransport:
             self._local_addr = (host, port)
             try:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._receive_loop, udp)
                     nursery.start_soon(
                         trio.serve_listeners, self._serve_stream, [trio.SocketListener(tcp)]
@@ -90,6 +124,7 @@ class UdpTransport:
                     task_status.started(self._local_addr)
             finally:
                 self._udp = None
+                self._nursery = None
 
     async def _bind(self) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
         host, port = self._bind_addr
@@ -122,13 +157,48 @@ class UdpTransport:
             raise ValueError(f"packet of {len(data)} bytes exceeds MAX_PACKET={MAX_PACKET}")
         if self._udp is None:
             raise RuntimeError("transport is not running")
+        links = self._links
+        if links:
+            delays = links.packet("out", addr, time.time())
+            if delays != [0.0]:
+                if not delays:
+                    self.stats["filtered_out"] += 1
+                for delay in delays:
+                    if delay > 0:
+                        self._hold(delay, self._send_now, data, addr, "filtered_out")
+                    else:
+                        await self._send_now(data, addr)
+                return
+        await self._send_now(data, addr)
+
+    async def _send_now(self, data: bytes, addr: Address) -> None:
+        udp = self._udp
+        if udp is None:
+            return  # a held packet outlived the transport
         try:
-            await self._udp.sendto(data, addr)
+            await udp.sendto(data, addr)
         except OSError:
             self.stats["send_errors"] += 1
             return
         self.stats["packets_out"] += 1
         self.stats["bytes_out"] += len(data)
+
+    def _hold(self, delay: float, deliver: Callable[[bytes, Address], Awaitable[None]],
+              data: bytes, addr: Address, dropped: str) -> None:
+        """Deliver a packet after `delay` seconds from a task of our nursery, within MAX_HELD."""
+        if self._nursery is None or self._held >= MAX_HELD:
+            self.stats[dropped] += 1
+            return
+        self._held += 1
+        self._nursery.start_soon(self._deliver_later, delay, deliver, data, addr)
+
+    async def _deliver_later(self, delay: float, deliver: Callable[[bytes, Address], Awaitable[None]],
+                             data: bytes, addr: Address) -> None:
+        try:
+            await trio.sleep(delay)
+            await deliver(data, addr)
+        finally:
+            self._held -= 1
 
     async def recv_packet(self) -> tuple[bytes, Address]:
         return await self._inbox_recv.receive()
@@ -144,19 +214,49 @@ class UdpTransport:
             if len(data) > MAX_PACKET:
                 self.stats["oversize_dropped"] += 1
                 continue
-            try:
-                self._inbox_send.send_nowait((data, (peer[0], peer[1])))
-            except trio.WouldBlock:
-                self.stats["recv_dropped_full"] += 1
-                continue
-            self.stats["packets_in"] += 1
-            self.stats["bytes_in"] += len(data)
+            source = (peer[0], peer[1])
+            links = self._links
+            if links:
+                delays = links.packet("in", source, time.time())
+                if delays != [0.0]:
+                    if not delays:
+                        self.stats["filtered_in"] += 1
+                    for delay in delays:
+                        if delay > 0:
+                            self._hold(delay, self._accept_later, data, source, "filtered_in")
+                        else:
+                            self._accept(data, source)
+                    continue
+            self._accept(data, source)
+
+    async def _accept_later(self, data: bytes, source: Address) -> None:
+        self._accept(data, source)
+
+    def _accept(self, data: bytes, source: Address) -> None:
+        """Hand an inbound packet to `recv_packet`, or drop it if the reader is behind."""
+        try:
+            self._inbox_send.send_nowait((data, source))
+        except trio.WouldBlock:
+            self.stats["recv_dropped_full"] += 1
+            return
+        self.stats["packets_in"] += 1
+        self.stats["bytes_in"] += len(data)
 
     # -- streams ---------------------------------------------------------------------------
 
     async def exchange(self, addr: Address, data: bytes) -> bytes:
         if len(data) > MAX_STREAM:
             raise ValueError(f"stream of {len(data)} bytes exceeds MAX_STREAM={MAX_STREAM}")
+        links = self._links
+        if links:
+            blocked, delay = links.stream(addr, time.time())
+            if blocked:
+                # A cut link: the connection never comes up, as with a partitioned network. The
+                # caller's own deadline (fail_after around the exchange) ends the wait.
+                self.stats["filtered_out"] += 1
+                await trio.sleep_forever()
+            if delay > 0:
+                await trio.sleep(delay)
         self.stats["streams_out"] += 1
         try:
             stream = await trio.open_tcp_stream(addr[0], addr[1])
