@@ -7,6 +7,11 @@ refresh, replace, withdrawal, cancel, expiry, fills), so a bug in the core is no
 its judge. Each check returns a `Verdict` with counts and, when violated, the evidence: tape
 seqs, quote ids, epochs, fill ids.
 
+Beside the verdicts it measures invariant 6 as a figure (`quote_liveness`): per symbol, the gaps
+during which none of its quotes was live, each with the faults of `<data-dir>/faults.jsonl` that
+were active then. A gap is not a violation: how long is too long depends on the faults injected,
+so the bound is stated by whoever reads the figure (the scenario tests, docs/BENCH.md).
+
 It must never write to the files it reads (the tape is opened read-only, the database with
 `mode=ro`), and never call an invariant held when its input is missing: that is "not checked".
 """
@@ -18,6 +23,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from peer.faults.journal import FaultInterval
 
 MAX_EVIDENCE = 20
 # A fill the ledger does not have, older than this while the ledger was answering others, was
@@ -73,10 +80,17 @@ class TapeFacts:
     ledger_acked: int = 0  # fills with seq <= this were acknowledged by the ledger
     acks: list[tuple[float, int]] = field(default_factory=list)  # (at, up_to) of each ack record
 
+    quotes: dict[str, dict[str, Any]] = field(default_factory=dict)  # quote_id -> put_quote args + at
+    # For liveness: quote_id -> its live spans [start, end) (a refresh after a lapse starts a new
+    # one); end is the expiry unless the quote ended earlier (withdrawn, replaced, filled in full).
+    spans: dict[str, list[list[float]]] = field(default_factory=dict)
+    symbols: list[str] = field(default_factory=list)  # the genesis record's, in its order
+    started_at: float | None = None  # the genesis record's time
+    last_at: float | None = None  # the last record's time: the end of the history
+
     def acked_by(self, t: float) -> int:
         """The acknowledged position as of time t (the ledger may be a snapshot older than the tape)."""
         return max((up_to for at, up_to in self.acks if at <= t), default=0)
-    quotes: dict[str, dict[str, Any]] = field(default_factory=dict)  # quote_id -> put_quote args + at
 
 
 def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFacts]:
@@ -95,6 +109,8 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
         for sym in [symbol] if symbol else list(live):
             if live[sym].pop(quote_id, None) is not None and quote_id in facts.quotes:
                 facts.quotes[quote_id].setdefault("ended_at", at)
+                span = facts.spans[quote_id][-1]
+                span[1] = min(span[1], at)
 
     def note_fills(rec: dict[str, Any], at: float) -> None:
         for f in rec.get("fills") or []:
@@ -125,8 +141,11 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
         n_records += 1
         kind = rec.get("type")
         at = rec.get("at", 0.0)
+        facts.last_at = at if facts.last_at is None else max(facts.last_at, at)
         if kind == "genesis":
             ttl = float(rec["quote_ttl"])
+            facts.started_at = at
+            facts.symbols = [s for s in rec.get("symbols") or [] if isinstance(s, str)]
             continue
         if kind == "ledger_ack":
             facts.ledger_acked = max(facts.ledger_acked, int(rec["up_to"]))
@@ -159,11 +178,17 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
             if rec.get("reason") == "refreshed" and qid in live[symbol]:
                 live[symbol][qid].expires_at = at + ttl
                 facts.quotes[qid]["expires_at"] = at + ttl
+                span = facts.spans[qid][-1]
+                if at <= span[1]:
+                    span[1] = at + ttl
+                else:  # refreshed after its TTL ran out: it was not live in between
+                    facts.spans[qid].append([at, at + ttl])
             else:
                 n_quotes += 1
                 live[symbol][qid] = _LiveQuote(qid, args["epoch"], args["holder"], at + ttl,
                                                args["bid_quantity"], args["ask_quantity"], rec["seq"])
                 facts.quotes[qid] = {**args, "at": at, "expires_at": at + ttl, "seq": rec["seq"]}
+                facts.spans[qid] = [[at, at + ttl]]
             epochs_live = {q.epoch: q.quote_id for q in live[symbol].values() if q.live_at(at)}
             if len(epochs_live) > 1:
                 overlap.violate(
@@ -177,6 +202,115 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
     fenced.counts = {"fills": len(facts.fill_order)}
     unique.counts = {"fills": len(facts.fill_order), "ledger_acked": facts.ledger_acked}
     return [overlap, grow, fenced, unique], facts
+
+
+# --- liveness: the gaps during which a symbol had no live quote ----------------------------------
+
+
+@dataclass
+class QuoteGap:
+    """A stretch of time after a symbol's first quote during which none of its quotes was live."""
+
+    symbol: str
+    start: float
+    end: float | None  # None: still open at the end of the tape
+    duration: float  # to `end`, or to the end of the tape while open
+    faults: list[str] = field(default_factory=list)  # summaries of the faults active at some point of it
+
+    def to_json(self) -> dict[str, Any]:
+        return {"symbol": self.symbol, "start": self.start, "end": self.end, "duration": self.duration,
+                "open": self.end is None, "faults": self.faults}
+
+
+@dataclass
+class SymbolLiveness:
+    symbol: str
+    first_quote_at: float | None  # None: never quoted (the start-up before it is not a gap)
+    spans: list[tuple[float, float]]  # merged live spans [start, end); the last may reach past the tape
+    gaps: list[QuoteGap]
+
+    @property
+    def longest(self) -> QuoteGap | None:
+        return max(self.gaps, key=lambda g: g.duration, default=None)
+
+    def gaps_over(self, seconds: float) -> list[QuoteGap]:
+        return [g for g in self.gaps if g.duration >= seconds]
+
+    def to_json(self) -> dict[str, Any]:
+        longest = self.longest
+        return {"first_quote_at": self.first_quote_at, "gap_count": len(self.gaps),
+                "unquoted_s": sum(g.duration for g in self.gaps),
+                "longest_gap": longest.to_json() if longest else None,
+                "gaps": [g.to_json() for g in self.gaps]}
+
+
+@dataclass
+class Liveness:
+    """Invariant 6 as a figure: per symbol, the gaps in its quoting over the tape. Not a verdict."""
+
+    started_at: float | None  # the tape's genesis
+    end_at: float  # the tape's last record: open gaps are measured to it
+    symbols: dict[str, SymbolLiveness]
+
+    @property
+    def longest(self) -> QuoteGap | None:
+        return max((g for s in self.symbols.values() for g in s.gaps), key=lambda g: g.duration, default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        longest = self.longest
+        return {"started_at": self.started_at, "end_at": self.end_at,
+                "longest_gap": longest.to_json() if longest else None,
+                "symbols": {name: s.to_json() for name, s in self.symbols.items()}}
+
+
+def quote_liveness(facts: TapeFacts, faults: Iterable[FaultInterval] = (), end_at: float | None = None) -> Liveness:
+    """The gaps in each symbol's quoting, from the spans `check_tape` rebuilt, each annotated with
+    the faults (`peer.faults.journal.fault_intervals`) active at some point of it.
+
+    A symbol's quoting is the union of its quotes' live spans; spans that touch (a replacement
+    ends the old quote at the instant the new one starts) leave no gap. Every gap longer than
+    zero is kept, however short; what to list is the reader's choice (`SymbolLiveness.gaps_over`).
+    `end_at`: the end of the history (default: the tape's last record)."""
+    faults = list(faults)
+    if end_at is None:
+        end_at = facts.last_at if facts.last_at is not None else 0.0
+    by_symbol: dict[str, list[tuple[float, float]]] = {s: [] for s in facts.symbols}
+    for qid, q in facts.quotes.items():
+        spans = by_symbol.setdefault(q["symbol"], [])
+        spans += [(s, e) for s, e in facts.spans.get(qid, []) if e > s]
+    symbols: dict[str, SymbolLiveness] = {}
+    for symbol, spans in by_symbol.items():
+        merged: list[tuple[float, float]] = []
+        for s, e in sorted(spans):
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        gaps = [QuoteGap(symbol, a[1], b[0], b[0] - a[1]) for a, b in zip(merged, merged[1:], strict=False)]
+        if merged and merged[-1][1] < end_at:
+            gaps.append(QuoteGap(symbol, merged[-1][1], None, end_at - merged[-1][1]))
+        for g in gaps:
+            g.faults = list(dict.fromkeys(iv.summary for iv in faults if iv.overlaps(g.start, g.end)))
+        symbols[symbol] = SymbolLiveness(symbol, merged[0][0] if merged else None, merged, gaps)
+    return Liveness(facts.started_at, end_at, symbols)
+
+
+def requoted_within(liveness: Liveness, t: float) -> dict[str, float | None]:
+    """Per symbol, how long after time t it was next quoted: 0 if a quote of it was live at t,
+    None if it was not quoted again before the end of the tape (or never quoted at all)."""
+    out: dict[str, float | None] = {}
+    for symbol, s in liveness.symbols.items():
+        out[symbol] = None
+        for i, (start, end) in enumerate(s.spans):
+            if i == len(s.spans) - 1 and end >= liveness.end_at:
+                end = math.inf  # live at the end of the tape: what came after is unknown, not a gap
+            if start <= t < end:
+                out[symbol] = 0.0
+                break
+            if start > t:
+                out[symbol] = start - t
+                break
+    return out
 
 
 # --- the ledger ------------------------------------------------------------------------------------

@@ -152,3 +152,196 @@ async def test_fills_stuck_before_a_reachable_ledger_are_a_violation_of_invarian
     conn = _ledger_with(tmp_path / "c", [first], reservations_at=[second["created_at"] + 60])
     assert by_check(check_ledger(conn, facts, 100, delivery_bound=120))[
         "every fill reached the ledger within 120 s while the ledger was reachable"].held is True
+
+
+# --- liveness: quote gaps from doctored histories --------------------------------------------------
+
+T = 1_700_000_000.0
+TTL = 10.0
+
+
+class History:
+    """A tape's records written by hand, in the exchange's shapes (peer/exchange/service.py)."""
+
+    def __init__(self, symbols=("AAPL", "MSFT")):
+        self.records: list[dict] = []
+        self.fill_seq = 0
+        self.add({"type": "genesis", "at": T, "symbols": list(symbols), "seed": 1, "quote_ttl": TTL,
+                  "lease_duration": 5.0})
+
+    def add(self, rec: dict) -> dict:
+        rec["seq"] = len(self.records) + 1
+        self.records.append(rec)
+        return rec
+
+    def put(self, at, qid, symbol="AAPL", *, refresh=False, replaced=None, epoch=1, qty=5):
+        args = {"symbol": symbol, "holder": "mm-1", "epoch": epoch, "seq": 1, "quote_id": qid, **QUOTE,
+                "bid_quantity": qty, "ask_quantity": qty}
+        rec = {"type": "put_quote", "at": T + at, "args": args, "accepted": True,
+               "reason": "refreshed" if refresh else "activated", "symbol": symbol, "quote_id": qid}
+        if replaced:
+            rec["replaced"] = {"quote_id": replaced, "epoch": epoch, "state": "replaced", "reason": f"replaced-by-{qid}"}
+        return self.add(rec)
+
+    def tick(self, at, *qids, reason="ttl"):
+        return self.add({"type": "tick", "at": T + at, "args": {}, "accepted": True, "reason": "ticked",
+                         "ended": [{"quote_id": q, "epoch": 1, "state": "expired", "reason": reason} for q in qids]})
+
+    def fill(self, at, qid, side, qty, symbol="AAPL", epoch=1):
+        self.fill_seq += 1
+        f = {"fill_id": f"f{self.fill_seq}", "seq": self.fill_seq, "symbol": symbol, "quote_id": qid, "epoch": epoch,
+             "side": side, "quantity": qty}
+        return self.add({"type": "submit_order", "at": T + at, "args": {"order_id": f"o{self.fill_seq}"},
+                         "accepted": True, "reason": "accepted", "symbol": symbol, "fills": [f]})
+
+    def quiet(self, at):
+        """A record that only moves the tape's end (an order that filled nothing)."""
+        return self.add({"type": "submit_order", "at": T + at, "args": {}, "accepted": True, "reason": "rested",
+                         "symbol": "MSFT"})
+
+    def check(self, faults=()):
+        from peer.tools.checker import quote_liveness
+
+        verdicts, facts = check_tape(copy.deepcopy(self.records))
+        assert all(v.held is True for v in verdicts), [v.to_json() for v in verdicts if not v.held]
+        return quote_liveness(facts, faults)
+
+
+def spans(gaps):
+    return [(g.start - T, None if g.end is None else g.end - T) for g in gaps]
+
+
+def test_a_gap_runs_from_a_quotes_ttl_expiry_to_the_next_quote_and_the_start_up_is_not_one():
+    h = History()
+    h.put(1, "q1")
+    h.tick(11.5, "q1")  # the ticker ran late: the quote died at its expiry, T+11
+    h.put(14, "q2")
+    h.quiet(16)
+    live = h.check()
+    aapl = live.symbols["AAPL"]
+    assert aapl.first_quote_at == T + 1
+    assert spans(aapl.gaps) == [(11, 14)] and aapl.gaps[0].duration == 3
+    assert live.longest is aapl.gaps[0]
+    assert live.symbols["MSFT"].first_quote_at is None and live.symbols["MSFT"].gaps == []
+    assert live.started_at == T and live.end_at == T + 16
+    json = live.to_json()
+    assert json["symbols"]["AAPL"]["gap_count"] == 1 and json["longest_gap"]["duration"] == 3
+    assert json["symbols"]["AAPL"]["longest_gap"] == {"symbol": "AAPL", "start": T + 11, "end": T + 14,
+                                                      "duration": 3, "open": False, "faults": []}
+
+
+def test_a_replacement_in_the_same_record_leaves_no_gap():
+    h = History()
+    h.put(1, "q1")
+    h.put(3, "q2", replaced="q1")
+    h.put(9, "q3", replaced="q2")
+    h.quiet(15)
+    assert h.check().symbols["AAPL"].gaps == []
+
+
+def test_a_refresh_extends_the_quote_and_one_after_its_expiry_leaves_a_gap():
+    h = History()
+    h.put(1, "q1")
+    h.put(9, "q1", refresh=True)  # live until T+19
+    h.quiet(18)
+    assert h.check().symbols["AAPL"].gaps == []
+    h.put(21, "q1", refresh=True)  # it had lapsed at T+19, and no tick ended it
+    h.quiet(25)
+    assert spans(h.check().symbols["AAPL"].gaps) == [(19, 21)]
+
+
+def test_fills_that_exhaust_a_quote_end_it_until_the_next_quote():
+    h = History()
+    h.put(1, "q1", qty=2)
+    h.fill(2, "q1", "buy", 2)  # the bid is gone, the ask still live
+    h.fill(3, "q1", "sell", 2)  # nothing of it left
+    h.put(3.25, "q2", replaced=None)
+    h.quiet(5)
+    assert spans(h.check().symbols["AAPL"].gaps) == [(3, 3.25)]
+
+
+def test_a_quote_that_fills_in_full_on_arrival_is_never_live():
+    h = History()
+    h.put(1, "q1")
+    h.tick(11, "q1")
+    rec = h.put(12, "q2", qty=1)
+    rec["fills"] = [{"fill_id": "f1", "seq": 1, "symbol": "AAPL", "quote_id": "q2", "epoch": 1, "side": s,
+                     "quantity": 1} for s in ("buy", "sell")]
+    rec["fills"][1] |= {"fill_id": "f2", "seq": 2}
+    h.fill_seq = 2
+    h.put(13, "q3")
+    h.quiet(14)
+    assert spans(h.check().symbols["AAPL"].gaps) == [(11, 13)]
+
+
+def test_a_gap_still_open_at_the_end_of_the_tape_has_no_end():
+    from peer.tools.checker import requoted_within
+
+    h = History()
+    h.put(1, "q1")
+    h.put(2, "m1", "MSFT")
+    h.tick(11, "q1")
+    h.put(12, "m1", "MSFT", refresh=True)
+    h.quiet(20)
+    live = h.check()
+    (gap,) = live.symbols["AAPL"].gaps
+    assert (gap.start, gap.end, gap.duration) == (T + 11, None, 9)
+    assert gap.to_json()["open"] is True
+    assert live.symbols["MSFT"].gaps == []  # live until T+22, past the tape's end
+    assert requoted_within(live, T + 5) == {"AAPL": 0.0, "MSFT": 0.0}
+    assert requoted_within(live, T + 15) == {"AAPL": None, "MSFT": 0.0}
+    assert requoted_within(live, T + 0.5) == {"AAPL": 0.5, "MSFT": 1.5}  # before the first quotes
+
+
+def test_requoted_within_is_the_time_to_the_gaps_end():
+    from peer.tools.checker import requoted_within
+
+    h = History()
+    h.put(1, "q1")
+    h.tick(11, "q1")
+    h.put(14, "q2")
+    h.quiet(15)
+    live = h.check()
+    assert requoted_within(live, T + 12) == {"AAPL": 2.0, "MSFT": None}
+    assert requoted_within(live, T + 11) == {"AAPL": 3.0, "MSFT": None}
+    assert requoted_within(live, T + 14) == {"AAPL": 0.0, "MSFT": None}
+
+
+def test_each_gap_names_the_faults_active_during_it():
+    from peer.faults.journal import fault_intervals
+
+    faults = fault_intervals([
+        {"at": T + 9, "fault": "partition", "summary": "mm-1 | exchange", "until": T + 12},
+        {"at": T + 12.5, "fault": "freeze", "peer": "mm-2"},
+        {"at": T + 13, "fault": "thaw", "peer": "mm-2"},
+        {"at": T + 14, "fault": "kill", "peer": "ledger"},  # from the gap's end on: not during it
+        {"at": T + 16, "fault": "kill", "peer": "exchange"},
+    ], None)
+    h = History()
+    h.put(1, "q1")
+    h.tick(11, "q1")
+    h.put(14, "q2")
+    h.tick(24, "q2")
+    h.quiet(30)
+    first, second = h.check(faults).symbols["AAPL"].gaps
+    assert first.faults == ["partition mm-1 | exchange", "freeze mm-2"]
+    assert second.end is None and second.faults == ["kill ledger", "kill exchange"]
+
+
+async def test_an_honest_takeover_leaves_no_gap(tmp_path):
+    from peer.tools.checker import quote_liveness
+
+    _, facts = check_tape(await takeover_history(tmp_path))
+    live = quote_liveness(facts)
+    assert live.symbols["AAPL"].gaps == [] and live.symbols["AAPL"].first_quote_at is not None
+    assert live.symbols["MSFT"].first_quote_at is None
+
+
+def test_the_doctored_overlap_still_fails_with_liveness_measured():
+    h = History()
+    h.put(1, "q1")
+    h.add({"type": "claim", "at": T + 2, "args": {"symbol": "AAPL", "holder": "mm-2", "epoch": 2},
+           "accepted": True, "reason": "claimed", "symbol": "AAPL"})  # doctored: q1 not withdrawn
+    h.put(2, "q2", epoch=2)
+    verdicts = by_check(check_tape(h.records)[0])
+    assert verdicts["quotes of at most one epoch are live per symbol at every point"].held is False
