@@ -7,4 +7,7 @@ into library calls and print results; they never hold protocol or cluster logic.
 
 from __future__ import annotations
 
-COMMANDS = ("peer", "launch", "members", "top", "sim", "tape", "flow", "check")
+COMMANDS = (
+    "peer", "launch", "members", "top", "sim", "tape", "flow", "check",
+    "partition", "heal", "freeze", "thaw", "kill", "restart",
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,31 @@ def positive_float(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError("must be above 0")
     return value
+
+
+def add_cluster_file_arguments(parser: argparse.ArgumentParser) -> None:
+    """--cluster FILE or --data-dir DIR: where a launched cluster's cluster.json is."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--cluster", metavar="FILE", type=Path,
+                       help=f"the cluster.json written by `murmur launch` (default: ./{default_cluster_path()})")
+    where.add_argument("--data-dir", metavar="DIR", type=Path,
+                       help="the data directory given to `murmur launch` (its cluster.json is used)")
+
+
+def nemesis_from(args: argparse.Namespace):
+    """The Nemesis of the cluster named by --cluster/--data-dir; a usage error if there is none."""
+    from peer.faults.nemesis import Nemesis, NemesisError
+
+    try:
+        return Nemesis.find(args.cluster, args.data_dir)
+    except NemesisError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def print_outcome(command: str, outcome) -> int:
+    """One line a thing done; exit 0 if every part took, 1 if some did not."""
+    for line in outcome.lines:
+        print(line)
+    if not outcome.ok:
+        print(f"murmur {command}: not every part took (see above)", file=sys.stderr)
+    return 0 if outcome.ok else 1
