@@ -16,19 +16,28 @@ it unread); once a byte of the answer was read, a lost connection is an error, n
 Every murmur request also carries an idempotency key, so even that retry is safe. Whoever makes
 an HttpClient closes it (`aclose`, or `async with`). Tools that are not hot (`murmur members`,
 `top`, tests) keep using httpx.
+
+A peer's clients say who calls (`sender`: the header `x-murmur-peer: <name>` on every request,
+which the other side's server filters by) and obey the peer's link filter (`links`,
+peer/faults/links.py): a call to a cut peer never connects and ends as HttpTimeout at its own
+deadline; a degraded link delays it.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
 import re
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import trio
 
 from peer.http.wire import MAX_ANSWER, AnswerReader, BadAnswer
+
+if TYPE_CHECKING:
+    from peer.faults.links import LinkFilter
 
 __all__ = ["MAX_ANSWER", "Answer", "HttpClient", "HttpError", "HttpTimeout", "path"]
 
@@ -36,6 +45,9 @@ RECEIVE = 65536
 # What a request target may hold once built: an absolute path in printable ASCII (no spaces, no
 # CR or LF that would end the request line early and let an id write headers of its own).
 _TARGET = re.compile(r"/[\x21-\x7e]*")
+# The header naming the calling peer (peer/http/server.py drops requests from a cut one).
+PEER_HEADER = "x-murmur-peer"
+_SENDER = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 class HttpError(Exception):
@@ -110,7 +122,8 @@ class _Conn:
 class HttpClient:
     """Calls one base URL over at most `max_connections` kept-alive connections."""
 
-    def __init__(self, base_url: str, *, max_connections: int = 8, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, *, max_connections: int = 8, timeout: float = 5.0,
+                 links: LinkFilter | None = None, sender: str | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"need an http://host:port URL, not {base_url!r}")
@@ -119,6 +132,10 @@ class HttpClient:
         self.port = parts.port or 80
         self.timeout = timeout
         self._host_header = parts.netloc.encode()
+        self.links = links
+        if sender is not None and not _SENDER.fullmatch(sender):
+            raise ValueError(f"sender must be a peer name in printable ASCII, not {sender[:80]!r}")
+        self._sender_header = b"" if sender is None else b"%s: %s\r\n" % (PEER_HEADER.encode(), sender.encode())
         self._idle: list[_Conn] = []
         self._slots = trio.Semaphore(max_connections)
         self._closed = False
@@ -156,6 +173,13 @@ class HttpClient:
             raise HttpError("client is closed")
         data = self._encode(method, path, json)
         with trio.move_on_after(self.timeout if timeout is None else timeout) as scope:
+            if self.links:
+                blocked, delay = self.links.http((self.host, self.port), time.time())
+                if blocked:
+                    # A cut link: no connection ever comes up; this call's deadline ends it.
+                    await trio.sleep_forever()
+                if delay > 0:
+                    await trio.sleep(delay)
             async with self._slots:
                 return await self._exchange(data, method == "HEAD")
         assert scope.cancelled_caught
@@ -166,8 +190,8 @@ class HttpClient:
         if not _TARGET.fullmatch(target):
             raise ValueError("request target must be a path in printable ASCII "
                              f"(build it with path()): {target[:80]!r}")
-        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), target.encode(),
-                                                      self._host_header)
+        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s" % (method.encode(), target.encode(),
+                                                        self._host_header, self._sender_header)
         if json is None:
             if method in ("POST", "PUT"):
                 return head + b"content-length: 0\r\n\r\n"

@@ -280,11 +280,13 @@ async def serve_http(
     *,
     log: JsonLog | None = None,
     direct: dict | None = None,
+    links: Any = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` on `bind` until `shutdown` is set; reports the bound URL (port 0 works).
-    `direct` maps (method, raw path) of hot routes to handlers that skip the app."""
-    server = HttpServer(app, log=log, direct=direct or {})
+    `direct` maps (method, raw path) of hot routes to handlers that skip the app; `links` is the
+    peer's link filter (peer/faults/links.py): requests from a cut peer get no answer."""
+    server = HttpServer(app, log=log, direct=direct or {}, links=links)
     handle = getattr(app.state, "peer", None)
     if handle is not None:
         handle.http_server = server

@@ -20,15 +20,22 @@ kept-alive connection; 10 s to write each answer (a client that stops reading is
 512 connections at once (one more is answered 503 and closed). An answer whose length differs
 from the app's own Content-Length is cut short and its connection closed. ASGI lifespan events
 are not sent (murmur's apps have none).
+
+Fault injection: given the peer's link filter (`links`, peer/faults/links.py), a request whose
+`x-murmur-peer` header names a peer that a cut rule names gets no answer: its connection is
+closed and the request counted as `filtered`. Requests without the header (operators, `murmur
+flow`, `murmur check`, browsers) are never filtered.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import unquote
 
 import trio
@@ -54,6 +61,8 @@ GRACE = 1.0
 RECEIVE = 65536
 _NO_BODY_STATUSES = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The calling peer's name (peer/http/client.py sends it): what the link filter drops by.
+_PEER_HEADER = b"x-murmur-peer"
 
 
 def _reason(status: int) -> bytes:
@@ -167,6 +176,11 @@ class _Connection:
         while not self.closing:
             req = await self._next_request()
             if req is None:
+                return
+            links = self.server.links
+            if links and _from_cut_peer(req, links):
+                # As if the request never arrived: no answer, and the connection goes with it.
+                self.server.stats["filtered"] += 1
                 return
             self.handling = True
             self._until("app", math.inf)
@@ -344,6 +358,14 @@ class _ResponseWriter:
         return b"%x\r\n%s\r\n" % (len(body), body)
 
 
+def _from_cut_peer(req: Request, links: Any) -> bool:
+    now = time.time()
+    for name, value in req.headers:
+        if name == _PEER_HEADER and links.blocks_name(value.decode("ascii", "replace"), now):
+            return True
+    return False
+
+
 async def _refuse(stream: trio.abc.Stream, answer: bytes) -> None:
     """Answer a connection over the cap and close it, in at most a second."""
     try:
@@ -377,10 +399,13 @@ class HttpServer:
     idle_timeout: float = IDLE_TIMEOUT
     write_timeout: float = WRITE_TIMEOUT
     max_connections: int = MAX_CONNECTIONS
+    # The peer's link filter (peer/faults/links.py), or None: requests are never filtered.
+    links: Any = None
     connections: set[_Connection] = field(default_factory=set)
     stats: dict[str, int] = field(
         default_factory=lambda: {"connections": 0, "requests": 0, "bad_requests": 0, "timeouts": 0,
-                                 "app_errors": 0, "write_timeouts": 0, "refused_over_cap": 0}
+                                 "app_errors": 0, "write_timeouts": 0, "refused_over_cap": 0,
+                                 "filtered": 0}
     )
     _all_closed: trio.Event | None = field(default=None, init=False, repr=False)
 
