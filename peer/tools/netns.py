@@ -412,8 +412,12 @@ def create_lan(names: list[str], *, tag: str, prefix: str = PREFIX) -> Lan:
             # Multicast (mDNS) leaves by the LAN even for a socket that names no interface.
             _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", INNER_IF)
             peers.append(LanPeer(name, ns, veth, addr))
-    except BaseException:
-        _remove(veths=made_veths, namespaces=made_namespaces, bridges=made_bridges)
+    except BaseException as exc:
+        try:
+            _remove(veths=made_veths, namespaces=made_namespaces, bridges=made_bridges)
+        except NetnsError as cleanup:
+            # The first failure is the one to report; say what could not be undone beside it.
+            exc.add_note(f"and removing what was made failed: {cleanup}")
         raise
     return Lan(tag, bridge, str(subnet), host_address, tuple(peers), prefix)
 

@@ -337,7 +337,8 @@ def lan2(root):
         lan.teardown()
 
 
-def _spawn_discovering_mm(lan: Lan, name: str, tmp_path: Path) -> subprocess.Popen:
+def _spawn_discovering_mm(lan: Lan, name: str, tmp_path: Path, interfaces: str
+                          ) -> subprocess.Popen:
     """`murmur peer --role mm --discover` in `name`'s namespace, with no seed to join."""
     addr = lan.address(name)
     data_dir = tmp_path / name
@@ -346,19 +347,21 @@ def _spawn_discovering_mm(lan: Lan, name: str, tmp_path: Path) -> subprocess.Pop
         return subprocess.Popen(
             [*lan.exec_prefix(name), *CLI, "peer", "--role", "mm", "--name", name,
              "--bind", f"{addr}:7946", "--http", f"{addr}:7947", "--discover",
-             "--interfaces", addr, "--data-dir", str(data_dir), "--profile", "local", "--quiet"],
+             "--interfaces", interfaces or addr, "--data-dir", str(data_dir), "--profile", "local", "--quiet"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
 
 
 @pytest.mark.slow
-async def test_zeroconf_discovery_on_a_lan(lan2, tmp_path: Path):
+@pytest.mark.parametrize("interfaces", ["", "all"], ids=["its-address", "all"])
+async def test_zeroconf_discovery_on_a_lan(lan2, tmp_path: Path, interfaces: str):
     """Two market makers, each in its own namespace, no --join: they find each other by mDNS
-    across the bridge and both list both as alive."""
+    across the bridge and both list both as alive (with --interfaces set to its own address,
+    and with the default `all`)."""
     procs: dict[str, subprocess.Popen] = {}
     try:
         for name in lan2.names:
             procs[name] = await trio.to_thread.run_sync(_spawn_discovering_mm, lan2, name,
-                                                        tmp_path)
+                                                        tmp_path, interfaces)
         urls = {n: await wait_healthy(p, tmp_path / n, 20.0) for n, p in procs.items()}
         assert urls == {n: f"http://{lan2.address(n)}:7947" for n in lan2.names}
         seen: dict[str, dict[str, str]] = {}
