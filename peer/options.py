@@ -285,6 +285,15 @@ class PeerOptions:
         kind="switch",
     )
     seed: int | None = option(None, "seed of the protocol's randomness (for replays)", parse=int)
+    admin_token_file: Path | None = option(
+        None,
+        "the cluster's admin token: the file `murmur launch` writes in its data dir (mode 0600), "
+        "read once at start; /admin requests (the link filter of `murmur partition`) must carry "
+        "it as `Authorization: Bearer <token>`",
+        parse=Path,
+        metavar="FILE",
+        default_text="none: every /admin request is answered 401",
+    )
     # Seconds a stop may take before the process exits hard; None for peers run in-process.
     stop_watchdog: float | None = STOP_WATCHDOG
     exchange: ExchangeOptions = group(ExchangeOptions)
