@@ -254,12 +254,13 @@ def write_liveness(w: Any, live: dict[str, Any], list_gaps: float) -> None:
             continue
         longest = s["longest_gap"]
         w(line + f"{s['gap_count']} gap(s), {s['unquoted_s']:.2f} s unquoted, longest {_gap(longest)}\n")
-        listed = [g for g in s["gaps"] if g["duration"] >= list_gaps]
+        # The longest is on the summary line; a lone gap needs no list.
+        listed = [g for g in s["gaps"] if g["duration"] >= list_gaps] if s["gap_count"] > 1 else []
         for g in listed[:MAX_LISTED]:
             w(f"   {'':<8}   gap {_gap(g)}\n")
-        rest = len(s["gaps"]) - min(len(listed), MAX_LISTED)
-        if rest:
-            w(f"   {'':<8}   and {rest} more ({len(s['gaps']) - len(listed)} under {list_gaps:g} s; --json lists all)\n")
+        rest = s["gap_count"] - len(listed[:MAX_LISTED]) - (0 if longest in listed[:MAX_LISTED] else 1)
+        if rest > 0:
+            w(f"   {'':<8}   {rest} more not listed (--list-gaps SECONDS lists shorter ones, --json all)\n")
     for a in live["after_faults"]:
         slowest = [sym for sym, t in a["requoted_s"].items() if t is None or t == a["every_symbol_within_s"]]
         if a["every_symbol_within_s"] is None:
@@ -274,7 +275,7 @@ def write_liveness(w: Any, live: dict[str, Any], list_gaps: float) -> None:
 
 def _gap(g: dict[str, Any]) -> str:
     end = clock(g["end"]) if g["end"] is not None else "still open at the tape's end"
-    text = f"{g['duration']:.2f} s {clock(g['start'])} -> {end}"
+    text = f"{g['duration']:.2f} s {clock(g['start'])} -> {end} (last quote: {g['quote_ended']})"
     if g["faults"]:
         text += "  during " + "; ".join(g["faults"])
     return text

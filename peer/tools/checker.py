@@ -81,9 +81,11 @@ class TapeFacts:
     acks: list[tuple[float, int]] = field(default_factory=list)  # (at, up_to) of each ack record
 
     quotes: dict[str, dict[str, Any]] = field(default_factory=dict)  # quote_id -> put_quote args + at
-    # For liveness: quote_id -> its live spans [start, end) (a refresh after a lapse starts a new
-    # one); end is the expiry unless the quote ended earlier (withdrawn, replaced, filled in full).
-    spans: dict[str, list[list[float]]] = field(default_factory=dict)
+    # For liveness: quote_id -> its live spans [start, end, why it ended] (a refresh after a lapse
+    # starts a new one); end is the expiry ("ttl") unless the quote ended earlier: the reason the
+    # tape gives ("released", "lease-expired", "superseded-by-epoch-N", ...), "replaced",
+    # "cancelled" or "filled" (in full).
+    spans: dict[str, list[list[Any]]] = field(default_factory=dict)
     symbols: list[str] = field(default_factory=list)  # the genesis record's, in its order
     started_at: float | None = None  # the genesis record's time
     last_at: float | None = None  # the last record's time: the end of the history
@@ -105,12 +107,13 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
     epochs: dict[str, int] = {}
     n_records = n_quotes = n_claims = 0
 
-    def end(symbol: str | None, quote_id: str, at: float) -> None:
+    def end(symbol: str | None, quote_id: str, at: float, reason: str) -> None:
         for sym in [symbol] if symbol else list(live):
             if live[sym].pop(quote_id, None) is not None and quote_id in facts.quotes:
                 facts.quotes[quote_id].setdefault("ended_at", at)
                 span = facts.spans[quote_id][-1]
-                span[1] = min(span[1], at)
+                if at < span[1]:  # otherwise its TTL had run out first (a late tick, say)
+                    span[1:] = [at, reason]
 
     def note_fills(rec: dict[str, Any], at: float) -> None:
         for f in rec.get("fills") or []:
@@ -135,7 +138,7 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
             if getattr(quote, side) < 0:
                 fenced.violate(f"seq {rec['seq']}: fill {fid} took more than quote {quote.quote_id} offered")
             if quote.bid_left <= 0 and quote.ask_left <= 0:
-                end(f["symbol"], quote.quote_id, at)  # filled in full: nothing of it is live
+                end(f["symbol"], quote.quote_id, at, "filled")  # filled in full: nothing of it is live
 
     for rec in records:
         n_records += 1
@@ -155,9 +158,9 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
         symbol = rec.get("symbol")
         # Ends first: a record's withdrawals and replacements happen before what it adds.
         for ended in (rec.get("withdrawn") or []) + (rec.get("ended") or []):
-            end(symbol, ended["quote_id"], at)
+            end(symbol, ended["quote_id"], at, str(ended.get("reason") or ended.get("state") or "ended"))
         if rec.get("replaced"):
-            end(symbol, rec["replaced"]["quote_id"], at)
+            end(symbol, rec["replaced"]["quote_id"], at, "replaced")
         if kind == "claim" and accepted:
             n_claims += 1
             epoch = rec["args"]["epoch"]
@@ -168,7 +171,7 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
             args = rec["args"]
             for q in list(live[symbol].values()):
                 if q.epoch == args["epoch"] and q.holder == args["holder"]:
-                    end(symbol, q.quote_id, at)
+                    end(symbol, q.quote_id, at, "cancelled")
         elif kind == "put_quote" and accepted:
             args = rec["args"]
             if ttl is None:
@@ -182,13 +185,13 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
                 if at <= span[1]:
                     span[1] = at + ttl
                 else:  # refreshed after its TTL ran out: it was not live in between
-                    facts.spans[qid].append([at, at + ttl])
+                    facts.spans[qid].append([at, at + ttl, "ttl"])
             else:
                 n_quotes += 1
                 live[symbol][qid] = _LiveQuote(qid, args["epoch"], args["holder"], at + ttl,
                                                args["bid_quantity"], args["ask_quantity"], rec["seq"])
                 facts.quotes[qid] = {**args, "at": at, "expires_at": at + ttl, "seq": rec["seq"]}
-                facts.spans[qid] = [[at, at + ttl]]
+                facts.spans[qid] = [[at, at + ttl, "ttl"]]
             epochs_live = {q.epoch: q.quote_id for q in live[symbol].values() if q.live_at(at)}
             if len(epochs_live) > 1:
                 overlap.violate(
@@ -215,11 +218,12 @@ class QuoteGap:
     start: float
     end: float | None  # None: still open at the end of the tape
     duration: float  # to `end`, or to the end of the tape while open
+    quote_ended: str = ""  # why the last live quote ended: "ttl", "released", "lease-expired", "filled", ...
     faults: list[str] = field(default_factory=list)  # summaries of the faults active at some point of it
 
     def to_json(self) -> dict[str, Any]:
         return {"symbol": self.symbol, "start": self.start, "end": self.end, "duration": self.duration,
-                "open": self.end is None, "faults": self.faults}
+                "open": self.end is None, "quote_ended": self.quote_ended, "faults": self.faults}
 
 
 @dataclass
@@ -274,24 +278,26 @@ def quote_liveness(facts: TapeFacts, faults: Iterable[FaultInterval] = (), end_a
     faults = list(faults)
     if end_at is None:
         end_at = facts.last_at if facts.last_at is not None else 0.0
-    by_symbol: dict[str, list[tuple[float, float]]] = {s: [] for s in facts.symbols}
+    by_symbol: dict[str, list[tuple[float, float, str]]] = {s: [] for s in facts.symbols}
     for qid, q in facts.quotes.items():
         spans = by_symbol.setdefault(q["symbol"], [])
-        spans += [(s, e) for s, e in facts.spans.get(qid, []) if e > s]
+        spans += [(s, e, why) for s, e, why in facts.spans.get(qid, []) if e > s]
     symbols: dict[str, SymbolLiveness] = {}
     for symbol, spans in by_symbol.items():
-        merged: list[tuple[float, float]] = []
-        for s, e in sorted(spans):
+        merged: list[tuple[float, float, str]] = []  # (start, end, why the quote that ended it ended)
+        for s, e, why in sorted(spans):
             if merged and s <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+                if e > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], e, why)
             else:
-                merged.append((s, e))
-        gaps = [QuoteGap(symbol, a[1], b[0], b[0] - a[1]) for a, b in zip(merged, merged[1:], strict=False)]
+                merged.append((s, e, why))
+        gaps = [QuoteGap(symbol, a[1], b[0], b[0] - a[1], a[2]) for a, b in zip(merged, merged[1:], strict=False)]
         if merged and merged[-1][1] < end_at:
-            gaps.append(QuoteGap(symbol, merged[-1][1], None, end_at - merged[-1][1]))
+            gaps.append(QuoteGap(symbol, merged[-1][1], None, end_at - merged[-1][1], merged[-1][2]))
         for g in gaps:
             g.faults = list(dict.fromkeys(iv.summary for iv in faults if iv.overlaps(g.start, g.end)))
-        symbols[symbol] = SymbolLiveness(symbol, merged[0][0] if merged else None, merged, gaps)
+        symbols[symbol] = SymbolLiveness(symbol, merged[0][0] if merged else None,
+                                         [(s, e) for s, e, _ in merged], gaps)
     return Liveness(facts.started_at, end_at, symbols)
 
 

@@ -52,7 +52,7 @@ def test_check_json_has_the_faults_and_the_liveness_figures(tmp_path, capsys):
     aapl = live["symbols"]["AAPL"]
     assert aapl["first_quote_at"] == T + 1 and aapl["gap_count"] == 2
     assert aapl["longest_gap"] == {"symbol": "AAPL", "start": T + 13, "end": T + 14.5, "duration": 1.5,
-                                   "open": False, "faults": []}  # the partition had healed at T+13
+                                   "open": False, "quote_ended": "ttl", "faults": []}  # healed at T+13
     assert live["longest_gap"] == aapl["longest_gap"]
     assert live["symbols"]["MSFT"] == {"first_quote_at": None, "gap_count": 0, "unquoted_s": 0, "longest_gap": None,
                                        "gaps": []}
@@ -68,14 +68,15 @@ def test_check_human_output_shows_the_timeline_and_the_gaps(tmp_path, capsys):
     assert "22:13:32.000  partition mm-1 | exchange,ledger" in out
     assert "until 22:13:33.000 (heal, 1.00 s)" in out
     assert "22:13:48.000  kill mm-2" in out and "still active" in out
-    assert "AAPL     first quoted 22:13:21.000  2 gap(s), 1.75 s unquoted, longest 1.50 s 22:13:33.000 -> 22:13:34.500" in out
-    assert "and 1 more (1 under 0.5 s; --json lists all)" in out
+    assert "AAPL     first quoted 22:13:21.000  2 gap(s), 1.75 s unquoted, longest 1.50 s 22:13:33.000 -> 22:13:34.500 (last quote: ttl)" in out
+    assert "1 more not listed (--list-gaps SECONDS lists shorter ones, --json all)" in out
     assert "MSFT     never quoted" in out
     assert "after partition mm-1 | exchange,ledger ended (heal) at 22:13:33.000: not every symbol quoted again" in out
     assert out.rstrip().endswith("HELD")
     # Every gap listed when asked.
     assert main(["check", str(tmp_path), "--list-gaps", "0"]) == 0
-    assert "gap 0.25 s 22:13:44.500 -> 22:13:44.750" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "gap 0.25 s 22:13:44.500 -> 22:13:44.750 (last quote: ttl)" in out and "not listed" not in out
 
 
 def test_an_open_gap_and_a_damaged_journal_never_change_the_exit_status(tmp_path, capsys):

@@ -227,7 +227,8 @@ def test_a_gap_runs_from_a_quotes_ttl_expiry_to_the_next_quote_and_the_start_up_
     json = live.to_json()
     assert json["symbols"]["AAPL"]["gap_count"] == 1 and json["longest_gap"]["duration"] == 3
     assert json["symbols"]["AAPL"]["longest_gap"] == {"symbol": "AAPL", "start": T + 11, "end": T + 14,
-                                                      "duration": 3, "open": False, "faults": []}
+                                                      "duration": 3, "open": False, "quote_ended": "ttl",
+                                                      "faults": []}
 
 
 def test_a_replacement_in_the_same_record_leaves_no_gap():
@@ -257,7 +258,8 @@ def test_fills_that_exhaust_a_quote_end_it_until_the_next_quote():
     h.fill(3, "q1", "sell", 2)  # nothing of it left
     h.put(3.25, "q2", replaced=None)
     h.quiet(5)
-    assert spans(h.check().symbols["AAPL"].gaps) == [(3, 3.25)]
+    (gap,) = h.check().symbols["AAPL"].gaps
+    assert spans([gap]) == [(3, 3.25)] and gap.quote_ended == "filled"
 
 
 def test_a_quote_that_fills_in_full_on_arrival_is_never_live():
@@ -324,6 +326,7 @@ def test_each_gap_names_the_faults_active_during_it():
     h.tick(24, "q2")
     h.quiet(30)
     first, second = h.check(faults).symbols["AAPL"].gaps
+    assert first.quote_ended == second.quote_ended == "ttl"
     assert first.faults == ["partition mm-1 | exchange", "freeze mm-2"]
     assert second.end is None and second.faults == ["kill ledger", "kill exchange"]
 
@@ -345,3 +348,20 @@ def test_the_doctored_overlap_still_fails_with_liveness_measured():
     h.put(2, "q2", epoch=2)
     verdicts = by_check(check_tape(h.records)[0])
     assert verdicts["quotes of at most one epoch are live per symbol at every point"].held is False
+
+
+def test_a_gap_says_why_the_last_quote_ended_and_a_late_withdrawal_does_not_move_its_expiry():
+    h = History()
+    h.put(1, "q1")
+    h.add({"type": "release", "at": T + 4, "args": {"symbol": "AAPL", "holder": "mm-1", "epoch": 1},
+           "accepted": True, "reason": "released", "symbol": "AAPL",
+           "withdrawn": [{"quote_id": "q1", "epoch": 1, "state": "withdrawn", "reason": "released"}]})
+    h.put(5, "q2")
+    h.add({"type": "claim", "at": T + 20, "args": {"symbol": "AAPL", "holder": "mm-2", "epoch": 2},
+           "accepted": True, "reason": "claimed", "symbol": "AAPL",
+           "withdrawn": [{"quote_id": "q2", "epoch": 1, "state": "withdrawn", "reason": "superseded-by-epoch-2"}]})
+    h.put(21, "q3", epoch=2)
+    h.quiet(22)
+    first, second = h.check().symbols["AAPL"].gaps
+    assert spans([first]) == [(4, 5)] and first.quote_ended == "released"
+    assert spans([second]) == [(15, 21)] and second.quote_ended == "ttl"  # it had expired before the claim
