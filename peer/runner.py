@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import sys
 import threading
@@ -85,6 +86,8 @@ async def _run_peer(
     # Imported here so that `murmur members --help` does not pay for the gossip stack.
     from gossip.node import GossipNode
     from gossip.udp import UdpTransport
+    from peer.faults.admin import Admin, admin_routes, read_token
+    from peer.faults.links import LinkFilter
 
     if opts.role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {opts.role!r}")
@@ -97,6 +100,13 @@ async def _run_peer(
     )
     if identity.clamped_from is not None:
         log("identity_incarnation_clamped", stored=identity.clamped_from, incarnation=identity.incarnation)
+    # One link filter a process, obeyed by every transport below and set through /admin/links
+    # (peer/faults/admin.py) with the token read here, once. An unreadable file stops the start.
+    admin_token, token_warning = await read_token(opts.admin_token_file)
+    if token_warning is not None:
+        log("admin_token_file_open", warning=token_warning)
+    links = LinkFilter(random.Random(f"{opts.seed}:{name}:links") if opts.seed is not None else None)
+    admin = Admin(links, admin_token, log=log)
     if stop is None:
         stop = trio.Event()
     # Core time -> wall time for `changed_at`: the node stamps members with trio.current_time().
@@ -125,13 +135,13 @@ async def _run_peer(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_wait_for_signal, signals, stop, log)
 
-                transport = UdpTransport(opts.bind, stream_timeout=config.stream_timeout)
+                transport = UdpTransport(opts.bind, stream_timeout=config.stream_timeout, links=links)
                 gossip_addr = await nursery.start(transport.run)
                 handle.transport = transport
 
                 extra_routes, exchange, ledger = [], None, None
                 if opts.role == "exchange":
-                    exchange = await _start_exchange(nursery, opts, data_dir, handle, log)
+                    exchange = await _start_exchange(nursery, opts, data_dir, handle, log, links=links, name=name)
                     from peer.exchange.api import exchange_routes
 
                     extra_routes = exchange_routes()
@@ -146,7 +156,9 @@ async def _run_peer(
                     extra_routes = mm_routes()
 
                 http_stop = trio.Event()
-                app = create_app(handle, extra_routes)
+                app = create_app(handle, [*extra_routes, *admin_routes()])
+                app.state.admin = admin
+                await nursery.start(admin.run)
                 app.state.exchange = exchange
                 app.state.ledger = ledger
                 direct = None
@@ -155,7 +167,7 @@ async def _run_peer(
 
                     direct = exchange_direct_routes(exchange)
                 bound_url = await nursery.start(
-                    partial(serve_http, app, opts.http, http_stop, log=log, direct=direct)
+                    partial(serve_http, app, opts.http, http_stop, log=log, direct=direct, links=links)
                 )
                 handle.http_url = _advertised_url(bound_url, opts.http, gossip_addr)
 
@@ -179,7 +191,7 @@ async def _run_peer(
                 await nursery.start(node.run)
                 handle.node = node
                 if opts.role == "mm":
-                    app.state.mm = await _start_market_maker(nursery, opts, name, node, log, handle)
+                    app.state.mm = await _start_market_maker(nursery, opts, name, node, log, handle, links=links)
                     view_listeners.append(app.state.mm.view_changed)
 
                 if opts.discover:
@@ -234,10 +246,12 @@ async def _run_peer(
             watchdog.cancel()
 
 
-async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: PeerHandle, log: JsonLog):
+async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: PeerHandle, log: JsonLog, *,
+                          links=None, name: str | None = None):
     from gossip.types import MemberState
     from peer.exchange.outbox import deliver_fills
     from peer.exchange.service import ExchangeService
+    from peer.http.client import HttpClient
 
     def is_alive(name: str) -> bool:
         # The exchange's own membership view decides whether a holder is gone (claim rule).
@@ -264,7 +278,9 @@ async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: Pe
         log=log,
     )
     await nursery.start(service.run)
-    await nursery.start(deliver_fills, service, ledger_url)
+    # Calls to the ledger say who calls and obey the link filter, like every call between peers.
+    await nursery.start(partial(deliver_fills, service, ledger_url, client_factory=lambda url: HttpClient(
+        url, max_connections=1, timeout=5.0, links=links, sender=name)))
     handle.alarm_sources.append(service.alarms)
     handle.stat_sources.append(("murmur_outbox", lambda: service.outbox_stats))
     return service
@@ -280,7 +296,8 @@ async def _start_ledger(nursery, opts: PeerOptions, data_dir: Path, handle: Peer
     return service
 
 
-async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: JsonLog, handle: PeerHandle):
+async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: JsonLog, handle: PeerHandle, *,
+                              links=None):
     from peer.market_maker.authority import AuthorityConfig
     from peer.market_maker.quoting import PlannerConfig, QuoteConfig
     from peer.market_maker.service import MarketMakerService
@@ -296,6 +313,7 @@ async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: 
         authority_config=AuthorityConfig(lease_duration=opts.exchange.lease),
         seed=opts.seed or 0,
         roles=handle.roles,
+        links=links,
     )
     await nursery.start(service.run)
     handle.stat_sources.append(("murmur_mm", service.stats.counters))

@@ -115,6 +115,7 @@ class MarketMakerService:
         seed: int = 0,
         request_timeout: float = 1.0,
         roles: RoleDirectory | None = None,
+        links: Any = None,
     ) -> None:
         self.name = name
         self.members = members
@@ -126,6 +127,8 @@ class MarketMakerService:
         self.seed = seed
         self.request_timeout = request_timeout
         self.roles = roles or RoleDirectory(self.log)
+        # The peer's link filter (peer/faults/links.py): calls obey it and name this peer.
+        self.links = links
         self.symbols: list[str] = []
         self.authority: MarketMakerAuthority | None = None
         self.planners: dict[str, QuotePlanner] = {}
@@ -163,7 +166,8 @@ class MarketMakerService:
         client = self._clients.get(role)
         if client is None or client.base_url != url.rstrip("/"):
             # Replaced before the old one is closed: no other call can see the old one after.
-            old, client = client, HttpClient(url, max_connections=16, timeout=self.request_timeout)
+            old, client = client, HttpClient(url, max_connections=16, timeout=self.request_timeout,
+                                             links=self.links, sender=self.name)
             self._clients[role] = client
             if old is not None:
                 await old.aclose()
