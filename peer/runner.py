@@ -300,7 +300,16 @@ async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: 
                               links=None):
     from peer.market_maker.authority import AuthorityConfig
     from peer.market_maker.quoting import PlannerConfig, QuoteConfig
+    from peer.market_maker.reach import ReachConfig
+    from peer.market_maker.rendezvous import ASIDE_KEY
     from peer.market_maker.service import MarketMakerService
+
+    # The meta this peer started with (role, http, version), as its own member row carries it.
+    base_meta = {k: v for k, v in next(m.meta for m in node.members() if m.name == name).items() if k != ASIDE_KEY}
+
+    def set_aside(reason: str | None) -> None:
+        # Gossip says it: with "aside" the other market makers stop naming this peer an owner.
+        node.update_meta(base_meta if reason is None else {**base_meta, ASIDE_KEY: reason})
 
     service = MarketMakerService(
         name,
@@ -314,6 +323,9 @@ async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: 
         seed=opts.seed or 0,
         roles=handle.roles,
         links=links,
+        # Stepping aside waits the lease out: the next owner's claim is refused before it ends.
+        reach_config=ReachConfig.for_lease(opts.exchange.lease),
+        set_aside=set_aside,
     )
     await nursery.start(service.run)
     handle.stat_sources.append(("murmur_mm", service.stats.counters))

@@ -19,7 +19,8 @@ Print the members one peer knows, one a line, in columns like `serf members`:
   name  addr  role  state  incarnation
 
 state is alive, suspect (missed probes; it has a suspicion timeout to refute), dead (declared
-failed) or left (stopped gracefully). incarnation rises when a peer refutes a suspicion or
+failed) or left (stopped gracefully); `,aside` is added for a market maker that says, in its
+gossip meta, that it cannot reach the exchange (it owns no symbol until it can). incarnation rises when a peer refutes a suspicion or
 restarts. With --cluster (or ./data/cluster.json) the first reachable peer is asked; which one
 answered is printed on stderr.
 
@@ -77,8 +78,17 @@ def describe_error(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _cell(row: dict[str, Any], column: str) -> str:
+    value = row.get(column)
+    text = str(value) if value is not None else "-"
+    meta = row.get("meta")
+    if column == "state" and isinstance(meta, dict) and meta.get("aside"):
+        text += ",aside"  # one word, so the column stays one field for awk and cut
+    return text
+
+
 def format_serf(rows: list[dict[str, Any]]) -> str:
-    table = [[str(row.get(c) if row.get(c) is not None else "-") for c in COLUMNS] for row in rows]
+    table = [[_cell(row, c) for c in COLUMNS] for row in rows]
     if not table:
         return ""
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]

@@ -3,7 +3,8 @@
 What it is for: `GET /authority` (per symbol: this peer's phase, whether the view names it the
 owner, the epoch, the lease it believes in, whether it may quote), `GET /quotes` (the quotes it
 believes live, with the position version each came from and its reservation) and `GET /mm`
-(counters and the last authority changes). The exchange's `GET /authority` is the fenced truth;
+(whether it stepped aside and how it reaches the exchange, counters, the last authority
+changes). The exchange's `GET /authority` is the fenced truth;
 these say what this peer thinks, which is what a person debugging a hand-over wants to compare.
 It must never change anything: every route is a read.
 """
@@ -38,6 +39,7 @@ async def get_quotes(request: Request) -> Response:
 async def get_status(request: Request) -> Response:
     service = _service(request)
     return JSONResponse({"name": service.name, "ready": service.ready.is_set(), "symbols": service.symbols,
+                         "aside": service.aside_reason, "exchange_reach": service.reach.snapshot(service.clock()),
                          **service.stats.to_json()})
 
 

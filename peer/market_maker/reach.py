@@ -56,6 +56,12 @@ class ReachConfig:
     back_after: float = 0.5
     probe_interval: float = 0.25
 
+    @classmethod
+    def for_lease(cls, lease: float, request_timeout: float = 1.0) -> ReachConfig:
+        """The defaults' reasoning applied to another `--lease`: aside after the lease, and
+        never sooner than two request timeouts."""
+        return cls(aside_after=max(lease, 2 * request_timeout))
+
     def __post_init__(self) -> None:
         if self.aside_after <= 0:
             raise ValueError("aside_after must be positive")

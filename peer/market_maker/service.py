@@ -11,7 +11,10 @@ through membership (the alive member with role `exchange`, `ledger`). Its tasks:
   then publish, replace, refresh or cancel the quote at the exchange — checking the lease
   immediately before every quote operation;
 - streams in: committed position updates from the ledger (long poll, resumed from the last seq),
-  this peer's fills from the exchange (long poll), and reference prices (polled).
+  this peer's fills from the exchange (long poll), and reference prices (polled);
+- reach: every call to the exchange feeds `peer.market_maker.reach`, a probe goes out when none
+  was answered lately, and a peer that cannot reach the exchange steps aside (its gossip meta
+  says "aside", so rendezvous gives its symbols to the others) until it can again.
 
 Every request carries its idempotency key (the epoch for authority calls, `quote_id` and `seq`
 for quotes, `quote_id` for reservations), so a retry after a timeout or a restart has no second
@@ -61,6 +64,7 @@ from peer.market_maker.quoting import (
     QuotePlanner,
     cap_by_reservation,
 )
+from peer.market_maker.reach import ExchangeReach, ReachChange, ReachConfig
 from peer.market_maker.rendezvous import assignment, candidates_from_view
 from peer.roles import RoleDirectory
 
@@ -90,6 +94,9 @@ class MarketMakerStats:
     request_failures: int = 0
     malformed_answers: int = 0
     loop_failures: int = 0
+    exchange_probes: int = 0  # GET /health sent because no exchange call was answered lately
+    steps_aside: int = 0  # the exchange became unreachable: "aside" set in the gossip meta
+    steps_back: int = 0
     authority_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def counters(self) -> dict[str, int]:
@@ -116,6 +123,8 @@ class MarketMakerService:
         request_timeout: float = 1.0,
         roles: RoleDirectory | None = None,
         links: Any = None,
+        reach_config: ReachConfig | None = None,
+        set_aside: Callable[[str | None], None] | None = None,
     ) -> None:
         self.name = name
         self.members = members
@@ -129,6 +138,13 @@ class MarketMakerService:
         self.roles = roles or RoleDirectory(self.log)
         # The peer's link filter (peer/faults/links.py): calls obey it and name this peer.
         self.links = links
+        # Whether the exchange answers this peer; `set_aside(reason)` puts the reason in this
+        # peer's gossip meta (None takes it out), so the others stop naming it an owner.
+        self.reach = ExchangeReach(reach_config, now=clock())
+        self.set_aside = set_aside or (lambda reason: None)
+        self.aside_reason: str | None = None
+        self._reach_wakeup = trio.Event()
+        self._probing = False
         self.symbols: list[str] = []
         self.authority: MarketMakerAuthority | None = None
         self.planners: dict[str, QuotePlanner] = {}
@@ -179,16 +195,80 @@ class MarketMakerService:
                     timeout: float | None = None) -> Answer | None:  # noqa: ASYNC109
         """One request to the exchange or the ledger; None if it is not reachable or did not answer."""
         url = self._url(role)
+        sent_at = self.clock()
         if url is None:
             self.stats.request_failures += 1
+            self._reached(role, False, sent_at)
             return None
         try:
             client = await self._client(role, url)
-            return await client.request(method, path, json=body, timeout=timeout)
+            answer = await client.request(method, path, json=body, timeout=timeout)
         except HttpError as exc:
             self.stats.request_failures += 1
             self.log("mm_request_failed", role=role, method=method, path=path, error=str(exc)[:200])
+            self._reached(role, False, sent_at)
             return None
+        self._reached(role, True, sent_at)
+        return answer
+
+    # --- reaching the exchange ----------------------------------------------------------------
+
+    def _reached(self, role: str, ok: bool, sent_at: float) -> None:
+        """Feed the reach core one exchange call's outcome: any answer is ok (the link works),
+        no answer or no exchange in the view is a failure."""
+        if role != "exchange":
+            return
+        deadline = self.reach.next_deadline()
+        change = self.reach.record(ok, sent_at=sent_at, now=self.clock())
+        if change is not None:
+            self._reach_changed(change)
+        if self.reach.next_deadline() != deadline:
+            self._reach_wakeup.set()  # the reach loop sleeps until the deadline it knew
+
+    def _reach_changed(self, change: ReachChange) -> None:
+        """Step aside (or back): gossip it, log it, count it, and recompute the assignment now,
+        which no longer names (or names again) this peer."""
+        self.aside_reason = change.reason
+        cfg = self.reach.config
+        if change.reachable:
+            self.stats.steps_back += 1
+            self.log("mm_step_back", **change.to_json(), back_after=cfg.back_after)
+        else:
+            self.stats.steps_aside += 1
+            self.log("mm_step_aside", **change.to_json(), aside_after=cfg.aside_after)
+        try:
+            self.set_aside(change.reason)
+        except Exception as exc:  # the view is gossip's: a failed update must not end a call path
+            self.log("mm_set_aside_failed", reason=change.reason, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        self._authority_wakeup.set()
+
+    async def _reach_loop(self) -> None:
+        """Probe the exchange (`GET /health`) whenever no call to it was answered for a probe
+        interval, so that a cut is noticed whatever the other loops are doing and an aside peer
+        hears of recovery; and step aside when the reach core's deadline comes."""
+        assert self._nursery is not None
+        while True:
+            now = self.clock()
+            change = self.reach.poll(now)
+            if change is not None:
+                self._reach_changed(change)
+            if not self._probing and self.reach.wants_probe(now):
+                self._probing = True
+                self._nursery.start_soon(self._probe)
+            self._reach_wakeup = trio.Event()
+            wait = self.reach.config.probe_interval
+            deadline = self.reach.next_deadline()
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - self.clock()))
+            with trio.move_on_after(wait):
+                await self._reach_wakeup.wait()
+
+    async def _probe(self) -> None:
+        self.stats.exchange_probes += 1
+        try:
+            await self._call("exchange", "GET", "/health")  # its outcome feeds the reach core
+        finally:
+            self._probing = False
 
     # --- start --------------------------------------------------------------------------------
 
@@ -197,6 +277,8 @@ class MarketMakerService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                # From the start: a peer that starts cut from the exchange must step aside too.
+                nursery.start_soon(self._supervised, self._reach_loop)
                 await self._start_from_the_exchange_and_ledger()
                 nursery.start_soon(self._supervised, self._authority_loop)
                 nursery.start_soon(self._supervised, self._updates_loop)
@@ -289,7 +371,11 @@ class MarketMakerService:
             if self._leaving:
                 owners: dict[str, str | None] = dict.fromkeys(self.symbols)
             else:
-                owners = assignment(self.symbols, candidates_from_view(self.members()))
+                candidates = candidates_from_view(self.members())
+                if self.aside_reason is not None:
+                    # Our own meta says so once set_aside has run; this holds even if it failed.
+                    candidates = [c for c in candidates if c != self.name]
+                owners = assignment(self.symbols, candidates)
             self._view_changed = trio.Event()
             self._authority_wakeup = trio.Event()
             self._handle(self.authority.set_owners(owners, now), wake=False)

@@ -274,3 +274,13 @@ async def test_the_real_entry_point_reports_bad_flags_with_exit_code_2():
         "murmur peer: error: argument --bind: expected HOST:PORT (e.g. 127.0.0.1:7946), "
         "got 'localhost' (see 'murmur peer --help')"
     ]
+
+
+def test_serf_table_marks_a_market_maker_that_stepped_aside():
+    rows = [{"name": "mm-1", "addr": "127.0.0.1:7001", "role": "mm", "state": "alive", "incarnation": 4,
+             "meta": {"role": "mm", "aside": "exchange-unreachable"}},
+            {"name": "mm-2", "addr": "127.0.0.1:7002", "role": "mm", "state": "alive", "incarnation": 1,
+             "meta": {"role": "mm"}}]
+    lines = format_serf(rows).splitlines()
+    assert lines[0].split() == ["mm-1", "127.0.0.1:7001", "mm", "alive,aside", "4"]
+    assert lines[1].split() == ["mm-2", "127.0.0.1:7002", "mm", "alive", "1"]

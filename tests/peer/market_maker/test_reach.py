@@ -154,3 +154,9 @@ def test_decisions_alternate_and_follow_the_rule(steps):
         else:
             assert change.failing_since is not None and now - change.failing_since >= CFG.aside_after
             assert now - change.last_ok >= CFG.aside_after
+
+
+def test_for_lease_follows_the_lease_but_never_under_two_timeouts():
+    assert ReachConfig.for_lease(2.0) == ReachConfig()
+    assert ReachConfig.for_lease(5.0).aside_after == 5.0
+    assert ReachConfig.for_lease(0.5, request_timeout=1.0).aside_after == 2.0
