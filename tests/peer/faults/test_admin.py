@@ -178,3 +178,19 @@ async def test_read_token(tmp_path):
             await read_token(path)
     with pytest.raises(AdminTokenError, match="cannot read"):
         await read_token(tmp_path / "missing")
+
+
+def test_the_token_file_is_a_peer_flag_that_a_launched_peers_command_line_carries(tmp_path):
+    from pathlib import Path
+
+    from peer.cli import build_parser
+    from peer.options import PeerOptions, command_line, from_args
+
+    path = tmp_path / "admin.token"
+    opts = from_args(PeerOptions, build_parser().parse_args(["peer", "--role", "mm", "--admin-token-file", str(path)]))
+    assert opts.admin_token_file == path
+    argv = command_line(opts)
+    assert argv[argv.index("--admin-token-file") + 1] == str(path)
+    assert from_args(PeerOptions, build_parser().parse_args(["peer", "--role", "mm"])).admin_token_file is None
+    assert "--admin-token-file" not in command_line(PeerOptions(role="mm"))
+    assert isinstance(opts.admin_token_file, Path)
