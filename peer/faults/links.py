@@ -364,9 +364,8 @@ class LinkFilter:
             index = self._in
         else:
             raise ValueError(f"direction must be 'out' or 'in', not {direction!r}")
-        key = addr if type(addr) is tuple else _target(addr)
-        rules = _live(index.get(key, ()), now)
-        if not rules:
+        rules = index.get(addr if type(addr) is tuple else _target(addr))
+        if rules is None or not (rules := _live(rules, now)):
             return [0.0]
         if any(r.cut for r in rules):
             return []
