@@ -32,8 +32,17 @@ Re-running with the same --data-dir brings the same names back with higher incar
 Every role flag of `murmur peer` is a flag here too, passed on to the peers of that role (and
 --cluster, --profile, --set to every peer); cluster.json's `restart` shows each peer's flags.
 
+With --netns (Linux, as root) each peer runs in a network namespace of its own with a 10.x
+address on a bridge -- a LAN on one machine -- and `murmur partition` also cuts in the kernel;
+with --discover as well, peers get no seeds and find each other by mDNS across the bridge.
+
+The launcher writes <data-dir>/admin.token (mode 0600): the fault commands (murmur partition,
+heal, ...) and the peers' /admin endpoints need it. `murmur restart NAME` asks this launcher to
+start a peer again, over <data-dir>/launcher.sock.
+
 examples:
   murmur launch --peers 5
+  murmur launch --peers 4 --netns --discover
   murmur launch --peers 20 --data-dir /tmp/murmur --set probe_interval=0.1
   murmur launch --peers 3 --base-port 7946      # gossip on 7946, 7948, ...; HTTP on 7947, ...
 """
@@ -49,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from peer.tools.launcher import Launcher, LaunchError, LaunchOptions
+    from peer.tools.netns import NetnsError
 
     opts = from_args(LaunchOptions, args)
     if opts.peers > MAX_PEERS:
@@ -56,6 +66,15 @@ def run(args: argparse.Namespace) -> int:
     total = opts.peers + 2
     if opts.base_port is not None and opts.base_port + 2 * total - 1 > 65535:
         raise UsageError(f"--base-port {opts.base_port} leaves no room for {total} peers")
+    if opts.netns:
+        from peer.tools.netns import NetnsUnavailable, check_netns_available
+
+        if opts.base_port is not None:
+            raise UsageError("--netns gives every peer its own address and ports 7946/7947; drop --base-port")
+        try:
+            check_netns_available()
+        except NetnsUnavailable as exc:
+            raise UsageError(f"--netns: {exc}") from None
     console = Console(highlight=False)
     launcher = Launcher(opts, say=lambda text: console.print(text, markup=False))
     try:
@@ -64,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             return trio.run(launcher.run, lambda cluster: report(console, opts.data_dir, cluster))
     except (Exception, BaseExceptionGroup) as exc:
         leaf = single_leaf(exc)
-        if isinstance(leaf, (LaunchError, OSError, DirectoryInUse)):
+        if isinstance(leaf, (LaunchError, OSError, DirectoryInUse, NetnsError)):
             print(f"murmur launch: {leaf}", file=sys.stderr)
             return 1
         raise

@@ -125,6 +125,11 @@ class Nemesis:
     def heal(self, *, now: float | None = None) -> Outcome:
         now = time.time() if now is None else now
         out = Outcome()
+        # Thawed first: a frozen peer could not take its DELETE.
+        for name in self.frozen(now):
+            thawed = self.thaw(name, now=now)
+            out.lines += thawed.lines
+            out.ok = out.ok and thawed.ok
         self._kernel_restore(out)
         token = self.token()
         with httpx.Client(timeout=ADMIN_TIMEOUT) as client:
@@ -140,8 +145,6 @@ class Nemesis:
                     out.fail(f"{p['name']}: did not answer ({_brief(exc)}); its rules stay until it does")
         append_fault(self.data_dir, {"fault": "heal"}, now=now)
         out.lines.insert(0, "healed every link")
-        for name in self.frozen():
-            out.lines += self.thaw(name).lines
         return out
 
     def active_partitions(self, now: float | None = None) -> list[dict[str, Any]]:

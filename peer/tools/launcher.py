@@ -18,12 +18,15 @@ idle worker threads would kill every peer about ten seconds after launch.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +48,18 @@ from peer.options import (
 )
 from peer.runner import read_peer_file
 from peer.tools.cluster_file import DEFAULT_DATA_DIR, FILE_NAME, write_cluster
+from peer.tools.netns import Lan, create_lan, remove_stale
+
+TOKEN_FILE = "admin.token"
+CONTROL_FILE = "launcher.sock"
+# A Unix socket's path is at most 107 bytes on Linux; a deeper data dir gets one in /tmp.
+MAX_SOCKET_PATH = 100
+MAX_CONTROL_REQUEST = 4096
 
 HOST = "127.0.0.1"
+# With --netns every peer has an address of its own, so every peer uses the same ports.
+NETNS_GOSSIP_PORT = 7946
+NETNS_HTTP_PORT = 7947
 PR_SET_PDEATHSIG = 1
 POLL = 0.05
 # How long a SIGKILLed peer may take to be reaped.
@@ -64,6 +77,9 @@ class PeerSpec:
     data_dir: Path
     bind: Address
     http: Address
+    # With --netns: what runs the peer inside its namespace, and its one interface for mDNS.
+    prefix: list[str] = field(default_factory=list)
+    interfaces: str = "all"
 
 
 @dataclass
@@ -118,7 +134,14 @@ class LaunchOptions:
         parse=positive_seconds_arg,
         metavar="SECONDS",
     )
+    netns: bool = option(
+        False,
+        "put each peer in a network namespace of its own, with its own 10.x address on a bridge: "
+        "a LAN on one machine (Linux, as root); removed on exit, stale ones at the next launch",
+        kind="switch",
+    )
     python: str = sys.executable
+    discover: bool = passed_on("discover")
     # Passed on: PeerOptions' fields of the same name, with launch's defaults where it has its
     # own (`Flag.launch`: --profile, --flow-rate). A field added to a role group arrives by itself.
     cluster: str = passed_on("cluster")
@@ -129,14 +152,23 @@ class LaunchOptions:
     mm: MarketMakerOptions = passed_on("mm")
 
 
-def peer_specs(opts: LaunchOptions) -> list[PeerSpec]:
-    """mm-1 first (the seed), then the other market makers, the exchange and the ledger."""
+def peer_names(opts: LaunchOptions) -> list[tuple[str, str]]:
+    """(name, role): mm-1 first (the seed), then the other market makers, the exchange, the ledger."""
     names = [(f"mm-{i}", "mm") for i in range(1, opts.peers + 1)]
-    names += [("exchange", "exchange"), ("ledger", "ledger")]
+    return names + [("exchange", "exchange"), ("ledger", "ledger")]
+
+
+def peer_specs(opts: LaunchOptions, lan: Lan | None = None) -> list[PeerSpec]:
     specs = []
     # Absolute, so that the restart commands in cluster.json work from any directory.
     root = opts.data_dir.resolve()
-    for i, (name, role) in enumerate(names):
+    for i, (name, role) in enumerate(peer_names(opts)):
+        if lan is not None:
+            # A host of its own: the same well-known ports on every peer's own address.
+            host = lan.address(name)
+            specs.append(PeerSpec(name, role, root / name, (host, NETNS_GOSSIP_PORT), (host, NETNS_HTTP_PORT),
+                                  prefix=lan.exec_prefix(name), interfaces=host))
+            continue
         if opts.base_port is None:
             bind, http = (HOST, 0), (HOST, 0)
         else:
@@ -154,17 +186,48 @@ def peer_options(
         name=spec.name,
         bind=bind,
         http=http,
-        join=list(join),
+        # With --discover, peers find each other by mDNS only: no seeds.
+        join=[] if opts.discover else list(join),
         data_dir=spec.data_dir,
+        interfaces=spec.interfaces,
         log_stderr=False,
+        admin_token_file=token_path(opts.data_dir),
         **passed_values(opts),
     )
+
+
+def token_path(data_dir: Path) -> Path:
+    return data_dir.resolve() / TOKEN_FILE
+
+
+def write_admin_token(data_dir: Path) -> Path:
+    """A new random admin token for this launch, readable by its owner only (0600)."""
+    path = token_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # also when the file was there with a looser mode
+        os.write(fd, (secrets.token_urlsafe(32) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def control_path(data_dir: Path) -> Path:
+    path = data_dir.resolve() / CONTROL_FILE
+    if len(os.fsencode(str(path))) <= MAX_SOCKET_PATH:
+        return path
+    return Path("/tmp") / f"murmur-launcher-{os.getpid()}.sock"
 
 
 def peer_argv(
     opts: LaunchOptions, spec: PeerSpec, bind: Address, http: Address, join: list[Address]
 ) -> list[str]:
     return [
+        *spec.prefix,
         opts.python,
         "-m",
         "peer.cli",
@@ -194,12 +257,16 @@ class Launcher:
         self.say = say
         self.children: list[Child] = []
         self.cluster_path = opts.data_dir / FILE_NAME
+        self.control = control_path(opts.data_dir)
+        self.lan: Lan | None = None
+        self._restarting = trio.Lock()  # one restart at a time: each rewrites cluster.json
 
     # -- starting ----------------------------------------------------------------------------
 
-    def spawn(self, spec: PeerSpec, join: list[Address]) -> Child:
+    def spawn(self, spec: PeerSpec, join: list[Address], *, bind: Address | None = None,
+              http: Address | None = None) -> Child:
         spec.data_dir.mkdir(parents=True, exist_ok=True)
-        argv = peer_argv(self.opts, spec, spec.bind, spec.http, join)
+        argv = peer_argv(self.opts, spec, bind or spec.bind, http or spec.http, join)
         stderr_path = spec.data_dir / "stderr.log"
         with open(stderr_path, "ab") as err:
             popen = subprocess.Popen(
@@ -241,8 +308,17 @@ class Launcher:
                     pass
             await trio.sleep(POLL)
 
+    async def make_lan(self) -> None:
+        """--netns: remove the LANs of launchers that died, then make this one's."""
+        removed = await trio.to_thread.run_sync(remove_stale)
+        if removed:
+            self.say(f"removed {len(removed)} stale namespace(s) and link(s) of dead launches")
+        names = [name for name, _role in peer_names(self.opts)]
+        self.lan = await trio.to_thread.run_sync(lambda: create_lan(names, tag=str(os.getpid())))
+        self.say(f"LAN {self.lan.subnet} on bridge {self.lan.bridge}: one namespace a peer")
+
     async def start_all(self) -> None:
-        specs = peer_specs(self.opts)
+        specs = peer_specs(self.opts, self.lan)
         async with httpx.AsyncClient(timeout=1.0) as client:
             seed = self.spawn(specs[0], join=[])
             await self.wait_up(seed, client)
@@ -286,6 +362,10 @@ class Launcher:
             "profile": self.opts.profile,
             "cluster": self.opts.cluster,
             "started_at": self.started_at,
+            # Where `murmur restart` asks this launcher, and the token /admin endpoints require.
+            "control": str(self.control),
+            "admin_token_file": str(token_path(self.opts.data_dir)),
+            **({"netns": self.lan.to_json()} if self.lan is not None else {}),
             "peers": peers,
         }
 
@@ -308,7 +388,11 @@ class Launcher:
                             return
 
                     nursery.start_soon(on_signal)
+                    write_admin_token(self.opts.data_dir)
+                    if self.opts.netns:
+                        await self.make_lan()
                     await self.start_all()
+                    await nursery.start(self.serve_control)
                     cluster = self.cluster_data("running")
                     write_cluster(self.cluster_path, cluster)
                     if on_ready is not None:
@@ -318,6 +402,9 @@ class Launcher:
                 # Also on errors and on a second Ctrl-C: no peer may outlive the launcher.
                 with trio.CancelScope(shield=True):
                     await self.stop_all()
+                    if self.lan is not None:
+                        removed = await trio.to_thread.run_sync(self.lan.teardown)
+                        self.say(f"removed the LAN ({len(removed)} namespace(s) and link(s))")
         return 0
 
     async def watch(self) -> None:
@@ -338,6 +425,7 @@ class Launcher:
         """SIGTERM every peer (graceful leave), wait, SIGKILL leftovers, reap everything."""
         live = [c for c in self.children if c.alive()]
         for c in live:
+            _signal(c, signal.SIGCONT)  # a frozen peer (`murmur freeze`) cannot leave
             _signal(c, signal.SIGTERM)
         with trio.move_on_after(self.opts.stop_timeout):
             await _reap(live)
@@ -354,6 +442,101 @@ class Launcher:
             )
         if self.cluster_path.exists() and any(c.info for c in self.children):
             write_cluster(self.cluster_path, self.cluster_data("stopped"))
+
+
+    # -- the control socket: `murmur restart` -------------------------------------------------
+
+    async def serve_control(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Answer one JSON line a connection on a Unix socket only this user can open.
+
+        The launcher owns the peers' processes (they die with it), so a restart is asked of it
+        rather than done by the command: the new process is its child like the others."""
+        path = self.control
+        with _unlinked(path):
+            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old_mask = os.umask(0o177)  # the socket file is created 0600
+            try:
+                await sock.bind(str(path))
+            finally:
+                os.umask(old_mask)
+            sock.listen(8)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, self._control_connection, [trio.SocketListener(sock)])
+                task_status.started(path)
+
+    async def _control_connection(self, stream: trio.SocketStream) -> None:
+        # Whatever arrives, this connection's task ends with an answer or a close, never an error.
+        try:
+            data = b""
+            with trio.move_on_after(5.0):
+                while not data.endswith(b"\n") and len(data) <= MAX_CONTROL_REQUEST:
+                    chunk = await stream.receive_some(MAX_CONTROL_REQUEST)
+                    if not chunk:
+                        break
+                    data += chunk
+            answer = await self._control_answer(data)
+            await stream.send_all(json.dumps(answer).encode() + b"\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _control_answer(self, data: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(data)
+        except ValueError:
+            return {"ok": False, "error": "not one JSON line"}
+        if not isinstance(request, dict) or request.get("op") != "restart" or not isinstance(request.get("peer"), str):
+            return {"ok": False, "error": 'expected {"op": "restart", "peer": NAME}'}
+        try:
+            return {"ok": True, **await self.restart(request["peer"])}
+        except LaunchError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    async def restart(self, name: str) -> dict[str, Any]:
+        """Stop the peer if it runs, start it again at the same addresses, wait for /health."""
+        async with self._restarting:
+            old = next((c for c in reversed(self.children) if c.spec.name == name), None)
+            if old is None or old.info is None:
+                raise LaunchError(f"no peer named {name!r} in this cluster")
+            begun = trio.current_time()
+            if old.alive():
+                _signal(old, signal.SIGCONT)
+                _signal(old, signal.SIGTERM)
+                with trio.move_on_after(self.opts.stop_timeout):
+                    await _reap([old])
+                if old.alive():
+                    _signal(old, signal.SIGKILL)
+                    with trio.move_on_after(KILL_WAIT):
+                        await _reap([old])
+            old.exit_reported = True
+            me = _addr(old.info["gossip"])
+            http = _addr(old.info["http"].split("://", 1)[1])
+            others = [_addr(c.info["gossip"]) for c in self.children if c.info and c is not old]
+            self.children.remove(old)
+            child = self.spawn(old.spec, join=others, bind=me, http=http)
+            async with httpx.AsyncClient(timeout=1.0) as client:
+                await self.wait_up(child, client)
+            write_cluster(self.cluster_path, self.cluster_data("running"))
+            self.say(f"{name} restarted (pid {child.pid})")
+            return {"pid": child.pid, "took_s": round(trio.current_time() - begun, 3)}
+
+
+class _unlinked:
+    """Removes a socket file before binding (a stale one of a killed launcher) and after."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self._remove()
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 async def _reap(children: list[Child]) -> None:
