@@ -248,3 +248,40 @@ async def test_an_aside_in_gossip_meta_reaches_every_view_and_moves_only_its_sym
         await poll_until(lambda: all(owners(v) == everyone for v in names), 5, "every view with the holder again")
         cluster.stop()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_process_gossips_its_aside_and_clears_it_when_the_exchange_appears(tmp_path):
+    """peer/runner.py's wiring, in-process with real UDP and HTTP: two market makers and no
+    exchange step aside (no exchange in the view is a failure), each sees the other's "aside"
+    in /members; an exchange joins, and both step back, the key gone from every view."""
+    from tests.peer.test_runner import joining, log_events, members_of, options, start, wait_for
+
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=2) as client:
+            a, stop_a, done_a = await start(nursery, options(tmp_path, "mm-1"))
+            b, stop_b, done_b = await start(nursery, joining(tmp_path, "mm-2", a))
+
+            async def asides(info) -> dict[str, object]:
+                return {n: r["meta"].get("aside") for n, r in (await members_of(client, info)).items()}
+
+            async def both_aside_in_both_views():
+                views = [await asides(i) for i in (a, b)]
+                return all(v == {"mm-1": UNREACHABLE, "mm-2": UNREACHABLE} for v in views)
+
+            await wait_for(both_aside_in_both_views)
+            status = (await client.get(f"{a['http']}/mm")).json()
+            assert status["aside"] == UNREACHABLE and status["exchange_reach"]["reachable"] is False
+            assert status["steps_aside"] == 1
+
+            e, stop_e, done_e = await start(nursery, joining(tmp_path, "exchange", a, role="exchange"))
+
+            async def none_aside():
+                views = [await asides(i) for i in (a, b, e)]
+                return all(set(v) == {"mm-1", "mm-2", "exchange"} and not any(v.values()) for v in views)
+
+            await wait_for(none_aside)
+            for stop, done in ((stop_b, done_b), (stop_a, done_a), (stop_e, done_e)):
+                stop.set()
+                await done.wait()
+    events = [x["event"] for x in log_events(tmp_path / "mm-1" / "mm-1.log")]
+    assert events.count("mm_step_aside") == 1 and events.count("mm_step_back") == 1
