@@ -17,11 +17,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	$(BIN)/murmur launch --peers 5
 
+# The whole suite in two runs: what needs no real processes in parallel on every core, then the
+# real-process tests (marked slow) one at a time, alone on the machine.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" -n auto
+	$(BIN)/python -m pytest -q -m slow
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
