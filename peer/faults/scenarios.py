@@ -273,6 +273,8 @@ async def run_scenario(name: str, data_dir: Path, *, scenario: Scenario, peers: 
     cluster = ScenarioCluster(data_dir, peers, launch_args or [])
     try:
         await cluster.start()
+        if "netns" in cluster.cluster:
+            report.notes["lan_tag"] = cluster.cluster["netns"]["tag"]
         report.notes["first_quoted_s"] = round(await cluster.wait_quoted(STARTUP_BOUND, what="the first quotes"), 3)
         await scenario(cluster, report)
     finally:

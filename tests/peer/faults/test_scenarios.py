@@ -24,6 +24,7 @@ from peer.faults.scenarios import (
     ScenarioReport,
     run_scenario,
 )
+from peer.tools.processes import run_command
 
 pytestmark = pytest.mark.slow
 
@@ -72,11 +73,16 @@ async def test_a_holder_frozen_past_its_lease_never_quotes_its_old_epoch_again(t
     report = await _run("frozen-holder", tmp_path)
     holder, old, thawed_at = report.notes["holder"], report.notes["old_epochs"], report.notes["thawed_at"]
     assert old, "the frozen market maker held symbols"
-    late = [r for r in TapeReader(tmp_path / "data" / "exchange" / "exchange.tape").records()
-            if r.get("at", 0) >= thawed_at and (r.get("args") or {}).get("holder") == holder
-            and r.get("type") in ("put_quote", "renew", "cancel_quote")
-            and (r.get("args") or {}).get("epoch") == old.get(r.get("symbol"))]
-    assert all(not r["accepted"] for r in late), [(r["seq"], r["type"], r["reason"]) for r in late if r["accepted"]]
+    after = [r for r in TapeReader(tmp_path / "data" / "exchange" / "exchange.tape").records()
+             if r.get("at", 0) >= thawed_at and (r.get("args") or {}).get("holder") == holder]
+    old_epoch = [r for r in after if r.get("type") in ("put_quote", "renew", "cancel_quote")
+                 and r["args"].get("epoch") == old.get(r.get("symbol"))]
+    # Nothing of the old epochs became live again...
+    assert all(not r["accepted"] for r in old_epoch), [(r["seq"], r["type"], r["reason"]) for r in old_epoch]
+    # ...and the holder did wake believing it held them: what it first sent was refused (a renewal
+    # or quote of an old epoch, `stale-epoch` / `lease-expired`, or a claim below the new epochs).
+    refused = [(r["type"], r.get("symbol"), r["args"].get("epoch"), r["reason"]) for r in after if not r["accepted"]]
+    assert refused, [(r["type"], r["reason"]) for r in after[:10]]
 
 
 async def test_the_exchange_killed_in_a_stream_of_fills_and_restarted(tmp_path):
@@ -94,4 +100,11 @@ async def test_in_network_namespaces_peers_discover_each_other_and_a_kernel_cut_
     report = await _run("netns-split", tmp_path)
     assert report.notes["majority_quotes_all_s"] <= REQUOTE_BOUND
     assert any("kernel" in line for line in report.notes["partition"]), report.notes
+    # No seeds were given: every market maker found the others by mDNS across the bridge.
+    for name in ("mm-1", "mm-2", "mm-3", "mm-4"):
+        log = (tmp_path / "data" / name / f"{name}.log").read_text()
+        assert '"event":"discovered"' in log, name
+    # And the launcher removed its LAN on exit.
+    left = (await run_command(["ip", "netns", "list"])).stdout
+    assert f"murmur-{report.notes['lan_tag']}-" not in left, left
 

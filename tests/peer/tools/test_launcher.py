@@ -52,3 +52,36 @@ def test_each_peers_command_line_parses_back_to_the_options_the_launcher_meant(t
             assert parsed == meant
         if spec.role == "mm":
             assert (parsed.exchange.lease, parsed.exchange.flow_rate) == (4.0, 0.0)
+
+
+def test_the_admin_token_is_new_each_launch_readable_by_its_owner_only_and_every_peer_is_given_it(tmp_path: Path):
+    from peer.tools.launcher import write_admin_token
+
+    path = write_admin_token(tmp_path)
+    first = path.read_text().strip()
+    path.chmod(0o644)  # a looser file from before is tightened, not trusted
+    again = write_admin_token(tmp_path)
+    assert again == path and (path.stat().st_mode & 0o777) == 0o600
+    assert len(first) >= 40 and path.read_text().strip() != first
+    opts = LaunchOptions(peers=1, data_dir=tmp_path)
+    for spec in peer_specs(opts):
+        argv = peer_argv(opts, spec, ("127.0.0.1", 1), ("127.0.0.1", 2), [])
+        assert argv[argv.index("--admin-token-file") + 1] == str(path)
+        assert first not in " ".join(argv)  # the token itself is never on a command line
+
+
+def test_with_discover_peers_get_no_seeds(tmp_path: Path):
+    opts = LaunchOptions(peers=2, data_dir=tmp_path, discover=True)
+    for spec in peer_specs(opts):
+        meant = peer_options(opts, spec, spec.bind, spec.http, [("127.0.0.1", 7000)])
+        assert meant.discover and meant.join == []
+
+
+def test_netns_is_refused_with_the_reason_when_not_root(monkeypatch, capsys, tmp_path: Path):
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(SystemExit) as exc:
+        main(["launch", "--netns", "--data-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--netns" in err and "root" in err
+    assert not (tmp_path / "cluster.json").exists()
