@@ -365,15 +365,17 @@ async def flapping_link(c: ScenarioCluster, r: ScenarioReport) -> None:
     await trio.sleep(WARM)
     holder, _symbols = await _busiest_holder(c)
     r.notes["link"] = f"{holder} - exchange"
-    flaps = 0
-    end = trio.current_time() + FLAP_FOR
-    while trio.current_time() < end:
+    # On a fixed schedule: cut at every whole period, healed half a period later, however long
+    # each command takes.
+    begun = trio.current_time()
+    flaps = int(FLAP_FOR / FLAP_PERIOD)
+    for i in range(flaps):
+        await trio.sleep_until(begun + i * FLAP_PERIOD)
         await c.partition(f"{holder} | exchange")
-        await trio.sleep(FLAP_PERIOD / 2)
+        await trio.sleep_until(begun + (i + 0.5) * FLAP_PERIOD)
         await c.heal()
-        await trio.sleep(FLAP_PERIOD / 2)
-        flaps += 1
     r.notes["flaps"] = flaps
+    r.notes["flapped_for_s"] = round(trio.current_time() - begun, 3)
     await _settle(c, r)
 
 

@@ -149,9 +149,11 @@ class MarketMakerService:
         self.authority: MarketMakerAuthority | None = None
         self.planners: dict[str, QuotePlanner] = {}
         self.reservations: dict[str, str] = {}  # symbol -> reservation_id of the live quote
-        # Reservations of quotes we stopped quoting: released once the exchange confirms the
-        # quote is gone (an accepted release), otherwise left to expire with the quote's TTL.
-        self._retired: dict[str, str] = {}
+        # Reservations of quotes we stopped quoting, with the quote's epoch: released once the
+        # exchange confirms the quote is gone (an accepted release, or an accepted claim of a newer
+        # epoch, ours or another's, which withdrew every older quote in the same step), otherwise
+        # left to expire with the quote's TTL.
+        self._retired: dict[str, list[tuple[str, int | None]]] = {}
         # Reservations asked for as soon as a fill is seen, for the quote_id the replacement will
         # carry: symbol -> (quote_id, done event, the ledger's answer or None).
         self._early: dict[str, tuple[str, trio.Event, list]] = {}
@@ -397,9 +399,16 @@ class MarketMakerService:
             self.log("mm_authority", **t.to_json())
             if t.new is Phase.IDLE and t.reason.startswith("released:") and t.reason != "released:lease-expired":
                 # The exchange accepted the release and withdrew the quote in the same step.
-                rid = self._retired.pop(t.symbol, None)
-                if rid is not None:
-                    self._nursery.start_soon(self._release, rid, "authority-released")
+                self._release_retired(t.symbol, None, "authority-released")
+            elif t.new is Phase.HELD and t.old is not Phase.HELD:
+                # Our claim at t.epoch was accepted: every quote of an older epoch was withdrawn in
+                # that step. Without this, a holder that keeps losing its lease (a flapping link)
+                # would hold a reservation per loss until their TTLs ran out, and the ledger would
+                # refuse it capacity for every symbol.
+                self._release_retired(t.symbol, t.epoch, "superseded-by-own-claim")
+            elif t.reason.startswith("lost:taken-by:"):
+                # Another's newer epoch was accepted: our quotes of t.epoch and before are gone.
+                self._release_retired(t.symbol, t.epoch + 1, "superseded")
             if t.new is Phase.HELD and t.old is not Phase.HELD:
                 self.stats.authority_changes.append({"symbol": t.symbol, "epoch": t.epoch, "reason": t.reason,
                                                      "at": t.at})
@@ -407,13 +416,14 @@ class MarketMakerService:
                 self._wake(t.symbol)
         for action in outcome.actions:
             if isinstance(action, StopQuoting):
+                epoch = self.planners[action.symbol].epoch
                 self.planners[action.symbol].stop(now)
                 self._drop_early(action.symbol, "authority-lost")
                 # Not released yet: until the exchange withdraws it, the quote may still be live
                 # there, and a live quote must keep its reservation (invariant 4).
                 rid = self.reservations.pop(action.symbol, None)
                 if rid is not None:
-                    self._retired[action.symbol] = rid
+                    self._retired.setdefault(action.symbol, []).append((rid, epoch))
             elif isinstance(action, CheckAuthority):
                 self._nursery.start_soon(self._check_authority)
             else:
@@ -670,6 +680,18 @@ class MarketMakerService:
         if answer is None:
             return None
         return self._read("exchange", method, path, answer, lambda body: mm_answers.verdict(answer.status, body))
+
+    def _release_retired(self, symbol: str, below: int | None, why: str) -> None:
+        """Release the retired reservations of `symbol` whose quotes' epoch is below `below` (all
+        of them for None): the exchange has withdrawn those quotes."""
+        keep = []
+        for rid, epoch in self._retired.pop(symbol, []):
+            if below is None or (epoch is not None and epoch < below):
+                self._nursery.start_soon(self._release, rid, why)
+            else:
+                keep.append((rid, epoch))
+        if keep:
+            self._retired[symbol] = keep
 
     def _release_reservation(self, symbol: str, why: str) -> None:
         rid = self.reservations.pop(symbol, None)

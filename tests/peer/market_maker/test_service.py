@@ -247,3 +247,43 @@ async def test_the_client_of_a_role_that_moved_is_closed_and_a_new_one_made():
     assert moved is not first and await mm._client("exchange", "http://127.0.0.1:3") is exchange
     with pytest.raises(HttpError, match="closed"):
         await first.get("/health")  # closed when the ledger moved, not left open until exit
+
+
+async def test_reservations_of_quotes_lost_with_the_lease_are_released_once_a_newer_claim_is_granted(tmp_path):
+    """A holder cut from the exchange longer than its lease loses every symbol; the quotes it had
+    are withdrawn at the exchange, but it cannot know when, so it keeps their reservations. Its own
+    claim at a newer epoch, once granted, proves them withdrawn: the reservations go back to the
+    ledger then, not 31 s later at their TTL. (Found by the flapping-link scenario: one leaked
+    reservation a symbol a cut, until the ledger had no capacity left for any quote.)"""
+    from peer.faults.links import LinkFilter
+
+    view = View()
+    async with trio.open_nursery() as nursery, httpx.AsyncClient() as c:
+        exchange, ledger, ex, lg = await start_market(nursery, tmp_path, view)
+        links = LinkFilter()
+        view.add("mm-1", "mm", None)
+        mm = MarketMakerService("mm-1", members=view.members, planner_config=PlannerConfig(refresh_interval=1.0),
+                                authority_config=AuthorityConfig(lease_duration=2.0), links=links,
+                                log=JsonLog("mm-1", stream=io.StringIO()))
+        view.listeners.append(mm.view_changed)
+        await nursery.start(mm.run)
+
+        async def quoted_above(epochs: dict[str, int]):
+            quotes = {q["symbol"]: q for q in (await c.get(f"{ex}/quotes")).json()["quotes"]}
+            ok = set(quotes) == set(SYMBOLS) and all(q["epoch"] > epochs.get(s, 0) for s, q in quotes.items())
+            return quotes if ok else None
+
+        before = await poll_until(lambda: quoted_above({}), 5, "every symbol quoted")
+        links.set({"id": "cut", "peers": [{"name": "exchange", "http": ex}], "cut": True})
+        await trio.sleep(3.0)  # past the 2 s lease: every symbol is lost at the exchange
+        links.clear()
+        await poll_until(lambda: quoted_above({s: q["epoch"] for s, q in before.items()}), 10,
+                         "every symbol quoted again at a newer epoch")
+
+        async def old_reservations_released():
+            states = [(await c.get(f"{lg}/reservations/{q['reservation_id']}")).json()["reservation"]["state"]
+                      for q in before.values()]
+            return states if all(st == "released" for st in states) else None
+
+        await poll_until(old_reservations_released, 3, "the lost quotes' reservations released")
+        nursery.cancel_scope.cancel()
