@@ -301,15 +301,15 @@ async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: 
     from peer.market_maker.authority import AuthorityConfig
     from peer.market_maker.quoting import PlannerConfig, QuoteConfig
     from peer.market_maker.reach import ReachConfig
-    from peer.market_maker.rendezvous import ASIDE_KEY
+    from peer.market_maker.rendezvous import with_aside
     from peer.market_maker.service import MarketMakerService
 
     # The meta this peer started with (role, http, version), as its own member row carries it.
-    base_meta = {k: v for k, v in next(m.meta for m in node.members() if m.name == name).items() if k != ASIDE_KEY}
+    base_meta = next(m.meta for m in node.members() if m.name == name)
 
     def set_aside(reason: str | None) -> None:
         # Gossip says it: with "aside" the other market makers stop naming this peer an owner.
-        node.update_meta(base_meta if reason is None else {**base_meta, ASIDE_KEY: reason})
+        node.update_meta(with_aside(base_meta, reason))
 
     service = MarketMakerService(
         name,

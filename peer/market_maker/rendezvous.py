@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import Any
 
 from gossip.types import Member
 
 MARKET_MAKER_ROLE = "mm"
 # The gossip meta key a market maker sets (to its reason) while it cannot reach the exchange.
 ASIDE_KEY = "aside"
+
+
+def with_aside(meta: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    """`meta` with "aside" set to `reason`, or without it for None: what a market maker gossips."""
+    base = {k: v for k, v in meta.items() if k != ASIDE_KEY}
+    return base if reason is None else {**base, ASIDE_KEY: reason}
 
 # A personalisation string keeps these weights apart from any other BLAKE2b use in murmur.
 _PERSON = b"murmur-hrw-v1"
