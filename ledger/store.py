@@ -376,9 +376,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _create(path: Path, now: float) -> None:
+def _create(path: Path, now: float, instance: str | None = None) -> None:
     """A new, empty ledger, made under another name and renamed into place: a crash during
-    creation leaves no half-made `ledger.db` that a restart would have to refuse."""
+    creation leaves no half-made `ledger.db` that a restart would have to refuse. Its instance id
+    is `instance`, or random (see `LedgerStore.open`)."""
     tmp = path.with_name(path.name + ".new")
     for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
         leftover.unlink(missing_ok=True)
@@ -390,7 +391,7 @@ def _create(path: Path, now: float) -> None:
         conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO meta VALUES (?, ?)", [
-            ("schema_version", str(SCHEMA_VERSION)), ("instance", secrets.token_hex(4)), ("created_at", repr(now)),
+            ("schema_version", str(SCHEMA_VERSION)), ("instance", instance if instance is not None else secrets.token_hex(4)), ("created_at", repr(now)),
         ])
         conn.execute("COMMIT")
     finally:
@@ -443,11 +444,17 @@ class LedgerStore:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, limit: int | tuple[int, int] = LIMIT,
-             max_ttl: float = MAX_TTL, now: float = 0.0, create: bool = True) -> LedgerStore:
+             max_ttl: float = MAX_TTL, now: float = 0.0, create: bool = True,
+             instance: str | None = None) -> LedgerStore:
         """Open (or create) the ledger at `path`, check it, load the committed view.
 
+        `instance` is the id written into a database this call creates (reservation ids are
+        `R<instance>-n`): random when None, so two ledgers never share reservation ids; a
+        deterministic simulation passes one drawn from its seed. An existing database keeps its own.
         Raises LedgerDamaged for anything that is not an intact ledger database.
         """
+        if instance is not None and (not isinstance(instance, str) or not instance):
+            raise ValueError(f"instance must be a non-empty string, got {instance!r}")
         path = Path(path)
         wal = path.with_name(path.name + "-wal")
         created = False
@@ -457,7 +464,7 @@ class LedgerStore:
             if not create:
                 raise FileNotFoundError(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            _create(path, now)
+            _create(path, now, instance)
             created = True
         info = check_file(path)
         try:

@@ -25,6 +25,7 @@ from book import bounds
 from book.exchange import CommandError, ExchangeCore
 from book.market import OrderFlow, ReferencePrices
 from peer.exchange.tape import TapeClosed, TapeReader, TapeWriter, scan
+from peer.groupcommit import Runner
 from peer.logs import JsonLog
 from peer.options import DEFAULT_SYMBOLS, ExchangeOptions
 
@@ -50,7 +51,15 @@ class ExchangeService:
         is_alive: Callable[[str], bool] = lambda name: True,
         log: JsonLog | None = None,
         clock: Callable[[], float] = time.time,
+        run_sync: Runner = trio.to_thread.run_sync,
+        instance: str | None = None,
     ):
+        """`run_sync` is how the blocking replay at start and the tape's open and write + fsync
+        run: a worker thread by default; a simulation under trio's MockClock passes
+        `peer.groupcommit.run_inline`, so no thread's timing decides the order of events.
+        `instance` names this exchange's tape in its genesis record (fill ids are `F<instance>-n`):
+        random by default, so two tapes never share fill ids; a simulation fixes it from its seed
+        so that a run is the same byte for byte."""
         self.data_dir = Path(data_dir)
         self.tape_path = self.data_dir / TAPE_FILE
         self.params = {
@@ -63,6 +72,10 @@ class ExchangeService:
         self.is_alive = is_alive
         self.log = log or JsonLog("exchange", stream=None)
         self.clock = clock
+        if instance is not None and (not isinstance(instance, str) or not instance):
+            raise ValueError(f"instance must be a non-empty string, got {instance!r}")
+        self.run_sync = run_sync
+        self.instance = instance
         self.core: ExchangeCore | None = None
         self.genesis: dict[str, Any] = {}
         self.prices: ReferencePrices | None = None
@@ -79,15 +92,15 @@ class ExchangeService:
 
     async def run(self, *, task_status: trio.TaskStatus[dict] = trio.TASK_STATUS_IGNORED) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        replay = await trio.to_thread.run_sync(self._replay)
-        self.tape = TapeWriter(self.tape_path)
+        replay = await self.run_sync(self._replay)
+        self.tape = TapeWriter(self.tape_path, run_sync=self.run_sync)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.tape.run)
             if not self.genesis:
                 self.genesis = {
                     "type": "genesis",
                     "at": self.clock(),
-                    "instance": secrets.token_hex(4),
+                    "instance": self.instance if self.instance is not None else secrets.token_hex(4),
                     **self.params,
                 }
                 await self.tape.append(dict(self.genesis))
@@ -106,7 +119,7 @@ class ExchangeService:
         self.prices = ReferencePrices(g["seed"], g["symbols"])
 
     def _replay(self) -> dict[str, Any]:
-        """Rebuild the core from the tape (runs in a thread: it may be long)."""
+        """Rebuild the core from the tape (runs with `run_sync`, a thread by default: it may be long)."""
         if not self.tape_path.exists():
             return {"replayed": 0, "torn_bytes": 0}
         result = scan(self.tape_path)

@@ -1,7 +1,7 @@
 """The ledger role inside a peer process: the store, its group-commit writer, the update stream.
 
 What it is for: driving `ledger.store.LedgerStore` for real. The store is opened (and checked)
-in a worker thread; then every change (fill batches from the exchange's outbox, reservation
+in a worker thread (or however the caller's `run_sync` runs blocking calls); then every change (fill batches from the exchange's outbox, reservation
 calls from market makers, the expiry sweep) goes through one queue, `peer.groupcommit`. Its
 writer task takes everything queued (up to MAX_GROUP), runs it in a worker thread as ONE
 transaction with one commit (one fsync), and only then publishes the committed position updates
@@ -65,9 +65,14 @@ class LedgerService:
         log: JsonLog | None = None,
         clock: Callable[[], float] = time.time,
         run_sync: Runner = trio.to_thread.run_sync,
+        instance: str | None = None,
     ):
-        """`run_sync` is how a group's blocking commit runs: a worker thread by default; a
-        simulation passes `peer.groupcommit.run_inline`."""
+        """`run_sync` is how every blocking call runs (opening and checking the store, a group's
+        commit, reads of older updates, closing): a worker thread by default; a simulation under
+        trio's MockClock passes `peer.groupcommit.run_inline`, so no thread's timing decides the
+        order of events. `instance` is the new database's instance id (reservation ids are
+        `R<instance>-n`): random by default; a simulation fixes it from its seed. An existing
+        database keeps its own."""
         self.data_dir = Path(data_dir)
         self.db_path = self.data_dir / db_file
         self.exposure_limit = exposure_limit
@@ -76,6 +81,8 @@ class LedgerService:
         self.tail_size = tail_size
         self.log = log or JsonLog("ledger", stream=None)
         self.clock = clock
+        self.run_sync = run_sync
+        self.instance = instance
         self.store: LedgerStore | None = None
         self.reader: LedgerReader | None = None
         # The published view: what the last committed group left. Replaced, never changed in place.
@@ -103,20 +110,23 @@ class LedgerService:
 
     async def run(self, *, task_status: trio.TaskStatus[dict] = trio.TASK_STATUS_IGNORED) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
+        # trio's clock, not the wall's: a monotonic clock in a real peer, the virtual one in a
+        # simulation (where the open, run inline, takes no time and the figure stays the same).
+        started = trio.current_time()
         try:
-            self.store = await trio.to_thread.run_sync(partial(
-                LedgerStore.open, self.db_path, limit=self.exposure_limit, max_ttl=self.max_ttl, now=self.clock()))
+            self.store = await self.run_sync(partial(
+                LedgerStore.open, self.db_path, limit=self.exposure_limit, max_ttl=self.max_ttl, now=self.clock(),
+                instance=self.instance))
         except LedgerDamaged as exc:
             self.log("ledger_refused", path=exc.path, reason=exc.reason, error=str(exc))
             raise
         try:
-            self.reader = await trio.to_thread.run_sync(self.store.reader)
+            self.reader = await self.run_sync(self.store.reader)
             self.positions = self.store.positions
             self.published_seq = self.store.last_seq
             self._extend_tail(self.store.recent)
             self.store.recent = []
-            self.opened = {**self.store.opened, "open_s": round(time.monotonic() - started, 3)}
+            self.opened = {**self.store.opened, "open_s": round(trio.current_time() - started, 3)}
             self.log("ledger_started", **self.opened, limit=[self.store.exposure.limit_bid,
                                                               self.store.exposure.limit_ask])
             self._running = True
@@ -131,7 +141,7 @@ class LedgerService:
                 # Not under a read still running in a thread; closing the last connection
                 # checkpoints the log into the database file.
                 async with self._read_lock:
-                    await trio.to_thread.run_sync(self._close)
+                    await self.run_sync(self._close)
 
     def _close(self) -> None:
         if self.reader is not None:
@@ -215,7 +225,7 @@ class LedgerService:
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         async with self._read_lock:
-            return await trio.to_thread.run_sync(fn, *args)
+            return await self.run_sync(fn, *args)
 
     async def updates_after(self, after: int, limit: int, symbols: set[str] | None = None
                             ) -> tuple[list[dict[str, Any]], int]:

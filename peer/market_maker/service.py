@@ -125,7 +125,11 @@ class MarketMakerService:
         links: Any = None,
         reach_config: ReachConfig | None = None,
         set_aside: Callable[[str | None], None] | None = None,
+        client_factory: Callable[[str, str], HttpClient] | None = None,
     ) -> None:
+        """`client_factory(role, url)` makes the keep-alive client for the exchange or the ledger
+        at `url`; by default an `HttpClient` over TCP that obeys `links` and names this peer. A
+        simulation passes one whose client dials its simulated network."""
         self.name = name
         self.members = members
         self.log = log or JsonLog(name, stream=None)
@@ -138,6 +142,7 @@ class MarketMakerService:
         self.roles = roles or RoleDirectory(self.log)
         # The peer's link filter (peer/faults/links.py): calls obey it and name this peer.
         self.links = links
+        self.client_factory = client_factory or self._default_client
         # Whether the exchange answers this peer; `set_aside(reason)` puts the reason in this
         # peer's gossip meta (None takes it out), so the others stop naming it an owner.
         self.reach = ExchangeReach(reach_config, now=clock())
@@ -178,14 +183,16 @@ class MarketMakerService:
     def _url(self, role: str) -> str | None:
         return self.roles.url(role, self.members())
 
+    def _default_client(self, role: str, url: str) -> HttpClient:
+        return HttpClient(url, max_connections=16, timeout=self.request_timeout, links=self.links, sender=self.name)
+
     async def _client(self, role: str, url: str) -> HttpClient:
         """The keep-alive client for `role`, at its current URL: when the role moves to another
         address, the old client is closed, not left with connections open until exit."""
         client = self._clients.get(role)
         if client is None or client.base_url != url.rstrip("/"):
             # Replaced before the old one is closed: no other call can see the old one after.
-            old, client = client, HttpClient(url, max_connections=16, timeout=self.request_timeout,
-                                             links=self.links, sender=self.name)
+            old, client = client, self.client_factory(role, url)
             self._clients[role] = client
             if old is not None:
                 await old.aclose()
