@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,7 +26,14 @@ def wall_iso(ts: float | None = None) -> str:
 
 
 def _default(value: Any) -> Any:
-    if isinstance(value, (set, frozenset, tuple)):
+    if isinstance(value, (set, frozenset)):
+        # Sorted: a set of strings iterates in an order salted per process (PYTHONHASHSEED), and
+        # the same run must log the same line (a simulation's trace is compared byte for byte).
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    if isinstance(value, tuple):
         return list(value)
     if hasattr(value, "value"):  # enums
         return value.value
@@ -41,8 +49,12 @@ class JsonLog:
         *,
         stream: TextIO | None = sys.stderr,
         path: str | os.PathLike[str] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock`: where `ts` comes from (seconds since the epoch); the wall clock when None.
+        A simulation passes its virtual wall clock, so that its log lines repeat exactly."""
         self.peer = peer
+        self.clock = clock
         self.stream = stream
         self.path = Path(path) if path is not None else None
         self._file: TextIO | None = None
@@ -53,7 +65,7 @@ class JsonLog:
             self._file = open(self.path, "a", buffering=1, encoding="utf-8")
 
     def __call__(self, event: str, **fields: Any) -> dict[str, Any]:
-        record = {"ts": wall_iso(), "peer": self.peer, "event": event, **fields}
+        record = {"ts": wall_iso(None if self.clock is None else self.clock()), "peer": self.peer, "event": event, **fields}
         try:
             line = json.dumps(record, default=_default, separators=(",", ":"))
         except (TypeError, ValueError) as exc:

@@ -23,7 +23,8 @@ are not sent (murmur's apps have none).
 
 Fault injection: given the peer's link filter (`links`, peer/faults/links.py), a request whose
 `x-murmur-peer` header names a peer that a cut rule names gets no answer: its connection is
-closed and the request counted as `filtered`. Requests without the header (operators, `murmur
+closed and the request counted as `filtered` (rules are judged at `clock()`, the wall clock unless a
+simulation gives its own). Requests without the header (operators, `murmur
 flow`, `murmur check`, browsers) are never filtered.
 """
 
@@ -178,7 +179,7 @@ class _Connection:
             if req is None:
                 return
             links = self.server.links
-            if links and _from_cut_peer(req, links):
+            if links and _from_cut_peer(req, links, self.server.clock()):
                 # As if the request never arrived: no answer, and the connection goes with it.
                 self.server.stats["filtered"] += 1
                 return
@@ -358,8 +359,7 @@ class _ResponseWriter:
         return b"%x\r\n%s\r\n" % (len(body), body)
 
 
-def _from_cut_peer(req: Request, links: Any) -> bool:
-    now = time.time()
+def _from_cut_peer(req: Request, links: Any, now: float) -> bool:
     for name, value in req.headers:
         if name == _PEER_HEADER and links.blocks_name(value.decode("ascii", "replace"), now):
             return True
@@ -401,7 +401,11 @@ class HttpServer:
     max_connections: int = MAX_CONNECTIONS
     # The peer's link filter (peer/faults/links.py), or None: requests are never filtered.
     links: Any = None
-    connections: set[_Connection] = field(default_factory=set)
+    # The wall clock the link filter's rules are judged by (a simulation passes its own).
+    clock: Callable[[], float] = time.time
+    # Open connections, in the order they were accepted: a dict, not a set, so that shutdown
+    # cancels them in an order that does not depend on object addresses (a simulation replays it).
+    connections: dict[_Connection, None] = field(default_factory=dict)
     stats: dict[str, int] = field(
         default_factory=lambda: {"connections": 0, "requests": 0, "bad_requests": 0, "timeouts": 0,
                                  "app_errors": 0, "write_timeouts": 0, "refused_over_cap": 0,
@@ -418,11 +422,11 @@ class HttpServer:
                 503, f"more than {self.max_connections} connections; try again"))
             return
         conn = _Connection(self, stream)
-        self.connections.add(conn)
+        self.connections[conn] = None
         await conn.run()
 
     def _forget(self, conn: _Connection) -> None:
-        self.connections.discard(conn)
+        self.connections.pop(conn, None)
         if not self.connections and self._all_closed is not None:
             self._all_closed.set()
 

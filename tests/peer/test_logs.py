@@ -69,3 +69,15 @@ def test_unserialisable_fields_are_logged_not_raised():
     (record,) = lines(stream.getvalue())
     assert record["event"] == "odd"
     assert record["states"] == ["alive"]
+
+
+def test_a_set_is_logged_sorted_and_ts_comes_from_the_clock_given():
+    """What a simulation needs to log the same line twice: no order salted per process
+    (PYTHONHASHSEED) and no wall clock."""
+    stream = io.StringIO()
+    log = JsonLog("ledger", stream=stream, clock=lambda: 1_700_000_000.25)
+    log("released", ids={"R-b", "R-c", "R-a"}, frozen=frozenset({3, 1, 2}), mixed={1, "a"})
+    (line,) = lines(stream.getvalue())
+    assert line["ts"] == "2023-11-14T22:13:20.250+00:00"
+    assert line["ids"] == ["R-a", "R-b", "R-c"] and line["frozen"] == [1, 2, 3]
+    assert sorted(line["mixed"], key=str) == [1, "a"]  # unsortable: still logged

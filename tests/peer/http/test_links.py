@@ -101,3 +101,20 @@ async def test_the_server_drops_a_request_from_a_cut_peer_and_answers_the_others
         links.set(cut("mm-3", 1, loss=0.5))
         assert (await mm3.get("/headers")).status == 200
     shutdown.set()
+
+
+async def test_the_server_judges_the_filter_by_its_own_clock(nursery, autojump_clock):
+    """`HttpServer(clock=)`: the instant a cut rule is judged at is the server's clock (a
+    simulation's), never the wall's."""
+    asked: list[tuple[str, float]] = []
+
+    class Recording:
+        def blocks_name(self, name: str, now: float) -> bool:
+            asked.append((name, now))
+            return False
+
+    server, port, shutdown = await start_server(nursery, app(), links=Recording(), clock=lambda: 1234.5)
+    async with HttpClient(f"http://127.0.0.1:{port}", sender="mm-1") as client:
+        assert (await client.get("/headers")).status == 200
+    assert asked == [("mm-1", 1234.5)]
+    shutdown.set()
