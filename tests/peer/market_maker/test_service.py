@@ -21,7 +21,7 @@ from gossip.types import Member, MemberState
 from peer.exchange.api import exchange_direct_routes, exchange_routes
 from peer.exchange.outbox import deliver_fills
 from peer.exchange.service import ExchangeService
-from peer.http.client import HttpError
+from peer.http.client import HttpClient, HttpError
 from peer.http.endpoints import PeerHandle, create_app, serve_http
 from peer.ledger.api import ledger_routes
 from peer.ledger.service import LedgerService
@@ -247,6 +247,27 @@ async def test_the_client_of_a_role_that_moved_is_closed_and_a_new_one_made():
     assert moved is not first and await mm._client("exchange", "http://127.0.0.1:3") is exchange
     with pytest.raises(HttpError, match="closed"):
         await first.get("/health")  # closed when the ledger moved, not left open until exit
+
+
+async def test_a_client_factory_makes_the_clients_instead_and_the_default_keeps_links_and_sender():
+    """`client_factory(role, url)`: how a simulation's market maker dials its simulated network."""
+    made = []
+
+    def factory(role: str, url: str) -> HttpClient:
+        made.append((role, url))
+        return HttpClient(url, timeout=0.5)
+
+    mm = MarketMakerService("mm-1", members=lambda: [], client_factory=factory)
+    ledger = await mm._client("ledger", "http://127.0.0.1:1")
+    assert await mm._client("ledger", "http://127.0.0.1:1") is ledger
+    await mm._client("exchange", "http://127.0.0.1:3")
+    await mm._client("ledger", "http://127.0.0.1:2")
+    assert made == [("ledger", "http://127.0.0.1:1"), ("exchange", "http://127.0.0.1:3"), ("ledger", "http://127.0.0.1:2")]
+    links = object()
+    default = await MarketMakerService("mm-2", members=lambda: [], links=links, request_timeout=0.7)._client(
+        "exchange", "http://127.0.0.1:3")
+    assert (default.links, default.timeout, default._slots.value) == (links, 0.7, 16)
+    assert default._sender_header == b"x-murmur-peer: mm-2\r\n"
 
 
 async def test_reservations_of_quotes_lost_with_the_lease_are_released_once_a_newer_claim_is_granted(tmp_path):
