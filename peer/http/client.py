@@ -21,6 +21,9 @@ A peer's clients say who calls (`sender`: the header `x-murmur-peer: <name>` on 
 which the other side's server filters by) and obey the peer's link filter (`links`,
 peer/faults/links.py): a call to a cut peer never connects and ends as HttpTimeout at its own
 deadline; a degraded link delays it.
+
+`connect` (an async `(host, port) -> trio.abc.Stream`) replaces `trio.open_tcp_stream`: the
+simulation dials `gossip.simnet.SimNetwork.connect` with it, and any trio stream will do.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json as jsonlib
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -92,7 +96,7 @@ class Answer:
 class _Conn:
     __slots__ = ("stream", "reused", "answered")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.reused = False
         self.answered = False  # a byte of the current answer has come: never send it again
@@ -123,7 +127,8 @@ class HttpClient:
     """Calls one base URL over at most `max_connections` kept-alive connections."""
 
     def __init__(self, base_url: str, *, max_connections: int = 8, timeout: float = 5.0,
-                 links: LinkFilter | None = None, sender: str | None = None) -> None:
+                 links: LinkFilter | None = None, sender: str | None = None,
+                 connect: Callable[[str, int], Awaitable[trio.abc.Stream]] | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"need an http://host:port URL, not {base_url!r}")
@@ -136,6 +141,7 @@ class HttpClient:
         if sender is not None and not _SENDER.fullmatch(sender):
             raise ValueError(f"sender must be a peer name in printable ASCII, not {sender[:80]!r}")
         self._sender_header = b"" if sender is None else b"%s: %s\r\n" % (PEER_HEADER.encode(), sender.encode())
+        self._open_stream = connect or trio.open_tcp_stream
         self._idle: list[_Conn] = []
         self._slots = trio.Semaphore(max_connections)
         self._closed = False
@@ -230,8 +236,8 @@ class HttpClient:
 
     async def _connect(self) -> _Conn:
         try:
-            stream = await trio.open_tcp_stream(self.host, self.port)
-        except OSError as exc:
+            stream = await self._open_stream(self.host, self.port)
+        except (OSError, trio.BrokenResourceError) as exc:
             raise HttpError(f"{self.base_url}: cannot connect: {exc}") from exc
         return _Conn(stream)
 
