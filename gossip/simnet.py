@@ -364,7 +364,8 @@ class SimNetwork:
     def listen(self, addr: Address, handler: StreamServer, *, nursery: trio.Nursery | None = None) -> None:
         """Accept connections to `addr` (a port on a node's host): each one is served by
         `handler(stream)` in a task of `nursery`, or of `run`'s nursery when none is given, and
-        closed when the handler returns. Removing the node cancels its handlers."""
+        closed when the handler returns. Removing the node cancels its handlers. A handler's
+        exception is a bug and ends that nursery, as with `trio.serve_listeners`."""
         node = self._node_at(addr)
         if node.removed:
             raise OSError(errno.EADDRNOTAVAIL, f"node {node._addr} was removed")

@@ -90,3 +90,17 @@ async def test_a_crashed_server_fails_calls_at_once_until_it_listens_again(autoj
         net.listen(SERVER_HTTP, restarted.serve_connection)
         assert (await client.get("/echo/3")).ok
         assert restarted.stats["requests"] == 1
+
+
+async def test_a_connection_the_server_closed_when_idle_is_replaced_on_the_next_call(autojump_clock, nursery):
+    net = SimNetwork(1, delay=0.01)
+    net.transport(CLIENT)
+    net.transport(SERVER)
+    server = HttpServer(make_app(), idle_timeout=1.0)
+    net.listen(SERVER_HTTP, server.serve_connection)
+    await nursery.start(net.run)
+    async with sim_client(net) as client:
+        assert (await client.get("/echo/1")).ok
+        await trio.sleep(5)  # the server closed the idle connection; its FIN came
+        assert (await client.get("/echo/2")).ok  # the stale one is retried on a new one
+    assert server.stats["connections"] == 2 and server.stats["requests"] == 2
