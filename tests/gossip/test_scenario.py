@@ -24,9 +24,10 @@ async def test_scenario_holds_with_the_lan_profile(autojump_clock):
     assert report.ok, [c for c in report.checks if not c.held]
 
 
-def test_murmur_sim_prints_the_same_hash_for_the_same_seed():
+def test_murmur_sim_membership_prints_the_same_hash_for_the_same_seed():
     def run(seed: int) -> dict:
-        out = subprocess.run([sys.executable, "-m", "peer.cli", "sim", "--seed", str(seed), "--peers", "10", "--json"],
+        out = subprocess.run([sys.executable, "-m", "peer.cli", "sim", "--membership", "--seed", str(seed), "--peers", "10",
+                              "--json"],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
@@ -36,7 +37,7 @@ def test_murmur_sim_prints_the_same_hash_for_the_same_seed():
     assert run(5)["trace_hash"] != a["trace_hash"]
 
 
-def test_murmur_sim_rejects_too_few_peers():
-    out = subprocess.run([sys.executable, "-m", "peer.cli", "sim", "--seed", "1", "--peers", "2"],
+def test_murmur_sim_membership_rejects_too_few_peers():
+    out = subprocess.run([sys.executable, "-m", "peer.cli", "sim", "--membership", "--seed", "1", "--peers", "2"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--peers" in out.stderr

@@ -1,0 +1,1 @@
+"""The whole trading cluster in one process, on the simulated network and clock (`murmur sim`)."""
