@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +28,8 @@ whether every symbol was quoted again within 10 s of the last fault. The same se
 trace hash, byte for byte. A failing seed prints the one line that reproduces it; --keep DIR keeps
 its files for `murmur check DIR` and `murmur tape DIR/exchange/exchange.tape`.
 
---seeds A..B sweeps seeds (each in its own process, --jobs at once) and lists the failures.
+--seeds A..B sweeps seeds (each in its own process, --jobs at once) and lists the failures;
+with --budget S it starts a seed only if it should end within S seconds (CI sweeps what fits in 90).
 --membership runs the older membership-only scenario (gossip peers, no trading).
 
 Exit status 0 if every check held, 1 if one was violated.
@@ -36,6 +38,7 @@ examples:
   murmur sim --seed 1
   murmur sim --seed 7 --peers 5 --duration 120 --faults chaos --keep /tmp/sim7
   murmur sim --seeds 1..50 --jobs 2
+  murmur sim --seeds 1..100000 --budget 90 --jobs 2 --peers 3 --duration 30
   murmur sim --membership --seed 1 --peers 100
 """
 
@@ -51,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds (default: 60)")
     p.add_argument("--faults", default="chaos", choices=("none", "calm", "chaos"), help="fault profile (default: chaos)")
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once by --seeds (default: 1)")
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="--seeds: start a seed only if, at the average seed's length so far, it ends within this "
+                        "many seconds of wall time (CI sweeps what fits in 90)")
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep the run's files in DIR (default: a temporary directory, removed)")
     p.add_argument("--membership", action="store_true", help="the membership-only scenario")
     p.add_argument("--profile", type=profile_arg, default="local", help="gossip timings: local or lan (default: local)")
@@ -143,15 +149,47 @@ def _sweep(args: argparse.Namespace, peers: int) -> int:
         except (ValueError, IndexError):
             return {"seed": seed, "ok": False, "violations": [f"crashed: {done.stderr.strip()[-500:]}"]}
 
+    if args.budget is not None and not 0 < args.budget <= 7 * 24 * 3600:
+        raise UsageError(f"--budget must be a positive number of seconds, got {args.budget:g}")
+    results: list[dict] = []
+    pending = iter(seeds)
+    lock = threading.Lock()
+
+    took: list[float] = []
+
+    def fits() -> bool:
+        # A seed is started only if one more of the average length so far ends within the budget.
+        if args.budget is None:
+            return True
+        expected = sum(took) / len(took) if took else 0.0
+        return time.perf_counter() - started + expected <= args.budget
+
+    def worker() -> None:
+        # Each worker takes the next seed while the budget lasts; the results keep seed order.
+        while True:
+            with lock:
+                seed = next(pending, None) if fits() else None
+            if seed is None:
+                return
+            begun = time.perf_counter()
+            result = one(seed)
+            with lock:
+                results.append(result)
+                took.append(time.perf_counter() - begun)
+
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(one, seeds))
+        for _ in range(args.jobs):
+            pool.submit(worker)
+    results.sort(key=lambda r: r.get("seed", 0))
     wall = time.perf_counter() - started
     failed = [r for r in results if not r.get("ok")]
     if args.json:
-        print(json.dumps({"seeds": len(results), "failed": failed, "wall_s": round(wall, 3),
-                          "seeds_per_minute": round(60 * len(results) / wall, 2)}))
+        print(json.dumps({"seeds": len(results), "first": results[0]["seed"] if results else None,
+                          "last": results[-1]["seed"] if results else None, "failed": failed,
+                          "wall_s": round(wall, 3), "seeds_per_minute": round(60 * len(results) / wall, 2)}))
     else:
-        print(f"murmur sim  seeds {args.seeds}: {len(results)} run, {len(failed)} failed, {wall:.1f} s "
+        swept = f"{results[0]['seed']}..{results[-1]['seed']}" if results else "none"
+        print(f"murmur sim  seeds {swept}: {len(results)} run, {len(failed)} failed, {wall:.1f} s "
               f"({60 * len(results) / wall:.1f} seeds a minute)")
         for r in failed:
             print(f"  seed {r['seed']}: {'; '.join(r.get('violations', []))[:300]}")
