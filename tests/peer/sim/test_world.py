@@ -81,4 +81,4 @@ def test_ci_sweeps_as_many_seeds_as_fit_in_90_seconds_and_none_fails():
     sweep = json.loads(out.stdout)
     assert sweep["failed"] == [], (f"seeds {sweep['first']}..{sweep['last']}: {sweep['failed']}; reproduce one "
                                    "with: murmur sim --seed SEED --peers 3 --duration 30 --keep /tmp/sim")
-    assert out.returncode == 0 and sweep["seeds"] >= 3 and sweep["first"] == first
+    assert out.returncode == 0 and sweep["seeds"] >= 2 and sweep["first"] == first
