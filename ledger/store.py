@@ -644,7 +644,6 @@ class LedgerStore:
     # --- fills --------------------------------------------------------------------------------
 
     def _record_fills(self, work: _Work, fills: Iterable[dict[str, Any]], now: float) -> dict[str, Any]:
-        conn = self._conn
         # First every lookup, then every change: one conflict refuses the whole batch before any
         # position moves.
         plan: list[tuple[str, dict[str, Any]]] = []
@@ -654,8 +653,8 @@ class LedgerStore:
             recorded = batch.get(f["fill_id"])
             kind = "again"
             if recorded is None:
-                row = conn.execute("SELECT * FROM fills WHERE fill_id = ?", (f["fill_id"],)).fetchone()
-                recorded, kind = (dict(row), "duplicate") if row is not None else (None, "new")
+                recorded = self._recorded_fill(f["fill_id"])
+                kind = "duplicate" if recorded is not None else "new"
             if recorded is not None:
                 diff = differences(recorded, f, FILL_FIELDS)
                 if diff:
@@ -693,6 +692,13 @@ class LedgerStore:
                 "reason": "recorded" if n_applied else "retry",
             }))
         return {"results": results}
+
+    def _recorded_fill(self, fill_id: str) -> dict[str, Any] | None:
+        """The committed fill with this id, or None: the lookup that makes a resent fill a
+        duplicate instead of a second application (exactly-once; the UNIQUE constraint on
+        `fills.fill_id` is the second line). Named so that a test can switch the rule off."""
+        row = self._conn.execute("SELECT * FROM fills WHERE fill_id = ?", (fill_id,)).fetchone()
+        return dict(row) if row is not None else None
 
     def _apply_new_fill(self, work: _Work, f: dict[str, Any], now: float) -> dict[str, Any]:
         symbol = f["symbol"]
