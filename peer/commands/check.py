@@ -44,7 +44,9 @@ or violated, with the evidence (tape seqs, quote ids, epochs, fill ids). It re-d
 invariant from the records themselves, not from the code that wrote them:
 
   1  quotes of at most one epoch are live per symbol at every point; epochs only grow; every
-     fill executed a live quote of the live epoch
+     accepted quote operation carried the symbol's held epoch and holder, its lease live (rebuilt
+     from the claims, renewals and releases alone); every fill executed a live quote of the live
+     epoch
   2  fill ids are unique on the tape; the ledger holds each fill once, as the exchange created
      it, and every fill the ledger acknowledged
   3  each position is the signed sum of its fills; versions rise by one per fill

@@ -101,6 +101,12 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
     grow = Verdict("1", "accepted claims carry epochs that only grow, per symbol", True)
     fenced = Verdict("1", "every fill executed a quote that was live, of the symbol's live epoch", True)
     unique = Verdict("2", "every fill on the tape has a unique fill_id and the fill seqs run 1, 2, 3...", True)
+    authorized = Verdict("1", "every accepted quote operation carried the symbol's held epoch and holder, "
+                              "its lease live", True)
+    # Per symbol, rebuilt from the claims, renewals and releases alone: [epoch, holder, held, lease end].
+    held: dict[str, list[Any]] = {}
+    lease = math.inf
+    n_quote_ops = 0
     facts = TapeFacts()
     ttl: float | None = None
     live: dict[str, dict[str, _LiveQuote]] = defaultdict(dict)  # symbol -> quote_id -> quote
@@ -147,6 +153,7 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
         facts.last_at = at if facts.last_at is None else max(facts.last_at, at)
         if kind == "genesis":
             ttl = float(rec["quote_ttl"])
+            lease = float(rec.get("lease_duration", math.inf))
             facts.started_at = at
             facts.symbols = [s for s in rec.get("symbols") or [] if isinstance(s, str)]
             continue
@@ -161,6 +168,23 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
             end(symbol, ended["quote_id"], at, str(ended.get("reason") or ended.get("state") or "ended"))
         if rec.get("replaced"):
             end(symbol, rec["replaced"]["quote_id"], at, "replaced")
+        if accepted and kind in ("put_quote", "cancel_quote"):
+            n_quote_ops += 1
+            args = rec["args"]
+            auth = held.get(symbol)
+            if auth is None or (args.get("epoch"), args.get("holder")) != (auth[0], auth[1]) or not auth[2] \
+                    or at >= auth[3]:
+                authorized.violate(
+                    f"seq {rec['seq']}: {kind} of {symbol} by {args.get('holder')} at epoch {args.get('epoch')} "
+                    "accepted while " + ("no claim was held" if auth is None else
+                                         f"{auth[1]} held epoch {auth[0]}" + ("" if auth[2] else " (released)")
+                                         + (f", its lease over at {auth[3]:.3f}" if at >= auth[3] else "")))
+        if kind == "claim" and accepted:
+            held[symbol] = [rec["args"]["epoch"], rec["args"]["holder"], True, at + lease]
+        elif kind == "renew" and accepted and symbol in held:
+            held[symbol][3] = at + lease
+        elif kind == "release" and accepted and symbol in held:
+            held[symbol][2] = False
         if kind == "claim" and accepted:
             n_claims += 1
             epoch = rec["args"]["epoch"]
@@ -204,7 +228,8 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
     grow.counts = {"accepted_claims": n_claims}
     fenced.counts = {"fills": len(facts.fill_order)}
     unique.counts = {"fills": len(facts.fill_order), "ledger_acked": facts.ledger_acked}
-    return [overlap, grow, fenced, unique], facts
+    authorized.counts = {"quote_operations": n_quote_ops}
+    return [overlap, grow, authorized, fenced, unique], facts
 
 
 # --- liveness: the gaps during which a symbol had no live quote ----------------------------------

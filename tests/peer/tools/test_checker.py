@@ -62,6 +62,33 @@ async def test_a_tape_doctored_so_the_old_quote_is_not_withdrawn_shows_an_overla
     assert "epochs 1 (q1), 2 (q2)" in overlap.evidence[0]
 
 
+AUTHORIZED = "every accepted quote operation carried the symbol's held epoch and holder, its lease live"
+
+
+async def test_a_quote_of_the_old_epoch_accepted_after_a_takeover_is_a_violation_even_with_no_overlap(tmp_path):
+    """The exchange keeps one quote per symbol, so an old epoch's quote accepted after a takeover
+    replaces the new holder's quote rather than living beside it: no overlap, and yet the fence
+    failed. The checker rebuilds who held what from the claims alone and sees it."""
+    records = await takeover_history(tmp_path)
+    doctored = copy.deepcopy(records)
+    late = next(r for r in doctored if r["type"] == "put_quote" and r["args"]["epoch"] == 2)
+    late["args"].update(holder="mm-1", epoch=1)  # mm-1's stale quote, accepted after mm-2's claim
+    verdicts = by_check(check_tape(doctored)[0])
+    assert verdicts[AUTHORIZED].held is False
+    assert "by mm-1 at epoch 1 accepted while mm-2 held epoch 2" in verdicts[AUTHORIZED].evidence[0]
+
+
+async def test_a_quote_accepted_after_its_lease_ran_out_or_after_a_release_is_a_violation(tmp_path):
+    records = await takeover_history(tmp_path)
+    honest = by_check(check_tape(records)[0])[AUTHORIZED]
+    assert honest.held is True and honest.counts == {"quote_operations": 2}
+    late = copy.deepcopy(records)
+    put = next(r for r in late if r["type"] == "put_quote" and r["args"]["epoch"] == 2)
+    put["at"] += 60  # long past the 2 s lease of mm-2's claim, with no renewal in between
+    verdict = by_check(check_tape(late)[0])[AUTHORIZED]
+    assert verdict.held is False and "its lease over" in verdict.evidence[0]
+
+
 async def test_a_fill_against_a_withdrawn_quote_is_a_violation(tmp_path):
     records = await takeover_history(tmp_path)
     doctored = copy.deepcopy(records)
@@ -166,22 +193,36 @@ class History:
     def __init__(self, symbols=("AAPL", "MSFT")):
         self.records: list[dict] = []
         self.fill_seq = 0
+        self.claimed: dict[str, int] = {}
+        # A lease that never runs out here: these histories are about quote gaps, not leases.
         self.add({"type": "genesis", "at": T, "symbols": list(symbols), "seed": 1, "quote_ttl": TTL,
-                  "lease_duration": 5.0})
+                  "lease_duration": 1e9})
 
     def add(self, rec: dict) -> dict:
         rec["seq"] = len(self.records) + 1
         self.records.append(rec)
         return rec
 
-    def put(self, at, qid, symbol="AAPL", *, refresh=False, replaced=None, epoch=1, qty=5):
-        args = {"symbol": symbol, "holder": "mm-1", "epoch": epoch, "seq": 1, "quote_id": qid, **QUOTE,
+    def put(self, at, qid, symbol="AAPL", *, refresh=False, replaced=None, epoch=1, qty=5, holder="mm-1"):
+        if self.claimed.get(symbol) != (epoch, holder):  # a quote is only accepted for the held epoch
+            self.claim(at, symbol, holder, epoch)
+        args = {"symbol": symbol, "holder": holder, "epoch": epoch, "seq": 1, "quote_id": qid, **QUOTE,
                 "bid_quantity": qty, "ask_quantity": qty}
         rec = {"type": "put_quote", "at": T + at, "args": args, "accepted": True,
                "reason": "refreshed" if refresh else "activated", "symbol": symbol, "quote_id": qid}
         if replaced:
             rec["replaced"] = {"quote_id": replaced, "epoch": epoch, "state": "replaced", "reason": f"replaced-by-{qid}"}
         return self.add(rec)
+
+    def claim(self, at, symbol, holder, epoch, withdrawn=()):
+        self.claimed[symbol] = (epoch, holder)
+        return self.add({"type": "claim", "at": T + at, "args": {"symbol": symbol, "holder": holder, "epoch": epoch},
+                         "accepted": True, "reason": "claimed", "symbol": symbol, "withdrawn": list(withdrawn)})
+
+    def release(self, at, symbol, withdrawn=()):
+        epoch, holder = self.claimed.pop(symbol)
+        return self.add({"type": "release", "at": T + at, "args": {"symbol": symbol, "holder": holder, "epoch": epoch},
+                         "accepted": True, "reason": "released", "symbol": symbol, "withdrawn": list(withdrawn)})
 
     def tick(self, at, *qids, reason="ttl"):
         return self.add({"type": "tick", "at": T + at, "args": {}, "accepted": True, "reason": "ticked",
@@ -353,14 +394,11 @@ def test_the_doctored_overlap_still_fails_with_liveness_measured():
 def test_a_gap_says_why_the_last_quote_ended_and_a_late_withdrawal_does_not_move_its_expiry():
     h = History()
     h.put(1, "q1")
-    h.add({"type": "release", "at": T + 4, "args": {"symbol": "AAPL", "holder": "mm-1", "epoch": 1},
-           "accepted": True, "reason": "released", "symbol": "AAPL",
-           "withdrawn": [{"quote_id": "q1", "epoch": 1, "state": "withdrawn", "reason": "released"}]})
-    h.put(5, "q2")
-    h.add({"type": "claim", "at": T + 20, "args": {"symbol": "AAPL", "holder": "mm-2", "epoch": 2},
-           "accepted": True, "reason": "claimed", "symbol": "AAPL",
-           "withdrawn": [{"quote_id": "q2", "epoch": 1, "state": "withdrawn", "reason": "superseded-by-epoch-2"}]})
-    h.put(21, "q3", epoch=2)
+    h.release(4, "AAPL", [{"quote_id": "q1", "epoch": 1, "state": "withdrawn", "reason": "released"}])
+    h.put(5, "q2", epoch=2)  # claimed again, at epoch 2
+    h.claim(20, "AAPL", "mm-2", 3, [{"quote_id": "q2", "epoch": 2, "state": "withdrawn",
+                                     "reason": "superseded-by-epoch-3"}])
+    h.put(21, "q3", epoch=3, holder="mm-2")
     h.quiet(22)
     first, second = h.check().symbols["AAPL"].gaps
     assert spans([first]) == [(4, 5)] and first.quote_ended == "released"
