@@ -1,7 +1,7 @@
 """An in-memory network of many nodes, for deterministic tests under trio's virtual clock.
 
 What it is for: running hundreds of gossip peers in one process with `autojump_clock`, with the
-faults SWIM must survive (loss, delay, jitter, partitions, frozen and crashed nodes) switched on
+faults SWIM must survive (loss, delay, jitter, duplicates, partitions, frozen and crashed nodes) switched on
 and off by plain synchronous calls. `SimTransport` implements the same `Transport` protocol as
 the real UDP transport, so a peer cannot tell which one it runs on.
 
@@ -61,6 +61,7 @@ STAT_KEYS = (
     "conn_bytes_in",  # bytes arrived at this node's end (read or not)
     "conn_retransmits",  # chunks delayed by loss (one per lost copy); on the sender
     "conn_held",  # times a chunk was held by a partition, a cut link or a frozen end; on the sender
+    "duplicated",  # packets sent twice by `set_duplicate`; counted on the sender
 )
 
 # What a lost chunk costs: it arrives one retransmission timeout later (Linux's minimum RTO).
@@ -165,6 +166,7 @@ class SimNetwork:
         self._delay = delay
         self._jitter = jitter
         self._loss = loss
+        self._duplicate = 0.0
         self._link_loss: dict[tuple[Address, Address], float] = {}
         # Address -> partition group index; addresses not listed reach everyone.
         self._group: dict[Address, int] = {}
@@ -225,9 +227,17 @@ class SimNetwork:
         self._streams_changed()
 
     def set_delay(self, delay: float, jitter: float = 0.0) -> None:
-        """Every packet and stream leg takes `delay` plus a uniform draw in [0, jitter]."""
+        """Every packet and stream leg takes `delay` plus a uniform draw in [0, jitter]. Each
+        packet draws its own, so with a jitter large next to the gap between two sends the
+        later packet may arrive first (reordering); stream chunks keep their order (TCP)."""
         self._delay = delay
         self._jitter = jitter
+
+    def set_duplicate(self, p: float) -> None:
+        """Deliver each packet that is not lost a second time with probability `p`, the copy
+        after its own delay (it may arrive before the original). Streams are not affected: TCP
+        drops duplicate segments, so a reader never sees them."""
+        self._duplicate = p
 
     def partition(self, groups: list[list[Address]]) -> None:
         """Split the listed nodes into groups that cannot reach each other (replaces any
@@ -310,6 +320,12 @@ class SimNetwork:
             return
         deliver_at = trio.current_time() + self._link_delay()
         heapq.heappush(self._heap, (deliver_at, next(self._seq), dst, data, src))
+        # Drawn only while duplication is on, so runs without it draw the same numbers as before.
+        if self._duplicate and self._rng.random() < self._duplicate:
+            src.stats["duplicated"] += 1
+            again = trio.current_time() + self._link_delay()
+            heapq.heappush(self._heap, (again, next(self._seq), dst, data, src))
+            deliver_at = min(deliver_at, again)
         sleep = self._sleep
         if sleep is not None and deliver_at < sleep.deadline:
             sleep.deadline = deliver_at

@@ -22,8 +22,9 @@ DESCRIPTION = """\
 Run the exchange, the ledger and N market makers -- their real services, their real HTTP server
 and client code, their gossip nodes -- in one process, on an in-memory network under a virtual
 clock, with the exchange's order flow and faults drawn from --seed (--faults: none; calm: loss
-and delay; chaos: also partitions, an isolated peer, frozen peers, crashes and restarts on their
-data). The run ends with the checker of `murmur check` over the tape and the ledger it left, and
+and delay; chaos: also partitions both ways and one way, an isolated peer, frozen peers, crashes
+and restarts on their data, duplicated and reordered packets, a torn tape tail, a failing ledger
+commit, and market makers' clock drift; see docs/simulation.md). The run ends with the checker of `murmur check` over the tape and the ledger it left, and
 whether every symbol was quoted again within 10 s of the last fault. The same seed gives the same
 trace hash, byte for byte. A failing seed prints the one line that reproduces it; --keep DIR keeps
 its files for `murmur check DIR` and `murmur tape DIR/exchange/exchange.tape`.

@@ -8,10 +8,13 @@ gossip, ordered streams for HTTP) and the time is trio's `MockClock`. Storage is
 directory of the caller's, written inline in the trio thread (no worker thread whose timing the
 clock cannot control). Peers are crashed (their tasks cancelled, their addresses removed from the
 network) and restarted on the same data directory, so the exchange replays its tape and the
-ledger reopens its database, as after a real crash.
+ledger reopens its database, as after a real crash. Two storage faults reach into the role's
+`run_sync` (the one seam the services give for their blocking calls): the exchange crashing in the
+middle of a tape write (a torn tail) and the ledger's commit failing with a disk error. A peer
+whose service raises stops like a process that exits: its addresses vanish, and `exits` says why.
 
 What it must never do: read the wall clock or draw unseeded randomness. Every peer's wall clock
-is `EPOCH + trio.current_time()` (plus the peer's drift, if the faults give it one), every seed
+is `EPOCH + trio.current_time()` (plus the peer's drift and rate, if the faults give it some), every seed
 derives from the run's seed, and trio's scheduler is made deterministic by the caller
 (`gossip.simcluster.deterministic_trio`).
 """
@@ -19,6 +22,8 @@ derives from the run's seed, and trio's scheduler is made deterministic by the c
 from __future__ import annotations
 
 import random
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,7 +35,7 @@ from gossip.config import PROTOCOL_VERSION, GossipConfig
 from gossip.node import GossipNode
 from gossip.simnet import SimNetwork
 from gossip.types import Address, MemberEvent, MemberState
-from peer.groupcommit import run_inline
+from peer.groupcommit import Runner, run_inline
 from peer.http.client import HttpClient
 from peer.http.endpoints import PeerHandle, create_app
 from peer.http.server import HttpServer
@@ -51,7 +56,8 @@ class SimPeer:
     host: str
     data_dir: Path
     incarnation: int = 0
-    drift: float = 0.0  # seconds this peer's wall clock is ahead of virtual time
+    drift: float = 0.0  # seconds this peer's wall clock is ahead of virtual time at time 0
+    rate: float = 0.0  # and how much faster it runs (0.01: 1% faster)
     node: GossipNode | None = None
     service: Any = None
     scope: trio.CancelScope | None = None
@@ -70,7 +76,8 @@ class SimPeer:
         return f"http://{self.host}:{HTTP_PORT}"
 
     def clock(self) -> float:
-        return EPOCH + trio.current_time() + self.drift
+        now = trio.current_time()
+        return EPOCH + now + self.drift + self.rate * now
 
 
 @dataclass
@@ -102,6 +109,16 @@ class SimTradingCluster:
             for i, (name, role) in enumerate(names)
         }
         self.trace: list[str] = []
+        # Peers whose service raised: (virtual time, name, what it raised, whether a storage fault
+        # injected here caused it).
+        self.exits: list[tuple[float, str, str, bool]] = []
+        # Armed storage faults, by peer name (see arm_torn_write and arm_storage_failure), and
+        # what they did.
+        self._tear: dict[str, float] = {}
+        self._disk: dict[str, list] = {}  # name -> [commits left before the failing one, keep]
+        self._injected: set[str] = set()  # peers stopped by an injected storage fault
+        self.torn: list[dict[str, Any]] = []
+        self.disk_failures: list[dict[str, Any]] = []
         self._nursery: trio.Nursery | None = None
 
     # --- running ------------------------------------------------------------------------------
@@ -153,7 +170,43 @@ class SimTradingCluster:
         p.node = None
         p.service = None
 
+    def _exited(self, p: SimPeer, exc: BaseException) -> None:
+        """A peer's service raised after it started: the process would exit, so it is gone from
+        the network like a crashed one (the plan restarts it if a fault of its caused this)."""
+        leaves = [exc]
+        while any(isinstance(e, BaseExceptionGroup) for e in leaves):
+            leaves = [x for e in leaves for x in (e.exceptions if isinstance(e, BaseExceptionGroup) else [e])]
+        what = "; ".join(f"{type(e).__name__}: {e}" for e in leaves)
+        injected = p.name in self._injected
+        self._injected.discard(p.name)
+        if injected and self.disk_failures:
+            self.disk_failures[-1]["stopped_at"] = trio.current_time()
+        self.exits.append((trio.current_time(), p.name, what, injected))
+        self.trace.append(f"{trio.current_time():.6f} {p.name} exited {'(injected) ' if injected else ''}{what}")
+        if p.up:
+            self.net.remove(p.gossip)
+            self.net.unlisten(p.http)
+        p.up = False
+        p.node = None
+        p.service = None
+
     async def _run_peer(self, p: SimPeer, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        assert p.scope is not None
+        started = False
+
+        def ready() -> None:
+            nonlocal started
+            started = True
+            task_status.started()
+
+        try:
+            await self._peer_tasks(p, ready)
+        except Exception as exc:
+            if not started:
+                raise
+            self._exited(p, exc)
+
+    async def _peer_tasks(self, p: SimPeer, ready: Callable[[], None]) -> None:
         assert p.scope is not None
         with p.scope:
             log = JsonLog(p.name, stream=None, clock=p.clock)
@@ -188,7 +241,7 @@ class SimTradingCluster:
                 if p.role == "mm":
                     mm = await self._start_mm(nursery, p, node, handle, log)
                     app.state.mm = p.service = mm
-                task_status.started()
+                ready()
 
     # --- the roles, as peer/runner.py starts them -------------------------------------------------
 
@@ -218,10 +271,16 @@ class SimTradingCluster:
         t = self.trading
         service = ExchangeService(
             p.data_dir, symbols=t.symbols, seed=t.market_seed, flow_rate=t.flow_rate, quote_ttl=t.quote_ttl,
-            lease_duration=t.lease, is_alive=is_alive, log=log, clock=p.clock, run_sync=run_inline,
+            lease_duration=t.lease, is_alive=is_alive, log=log, clock=p.clock, run_sync=self._exchange_run_sync(p),
             instance=f"{self.seed & 0xFFFFFFFF:08x}",
         )
-        await nursery.start(service.run)
+        replay = await nursery.start(service.run)
+        assert service.tape is not None and service.tape.recovery is not None
+        cut = service.tape.recovery.cut_bytes
+        self.trace.append(f"{trio.current_time():.6f} {p.name} replayed {replay.get('replayed')} records, "
+                          f"cut a torn tail of {cut} bytes")
+        if cut and self.torn and "cut_on_restart" not in self.torn[-1]:
+            self.torn[-1]["cut_on_restart"] = cut
         await nursery.start(partial(deliver_fills, service, ledger_url,
                                     client_factory=self.client_factory(p, max_connections=1, timeout=5.0)))
         return service, exchange_routes(), exchange_direct_routes(service)
@@ -231,7 +290,7 @@ class SimTradingCluster:
         from peer.ledger.service import LedgerService
 
         service = LedgerService(p.data_dir, exposure_limit=self.trading.exposure_limit, log=log, clock=p.clock,
-                                run_sync=run_inline, instance=f"{(self.seed >> 32) & 0xFFFFFFFF:08x}")
+                                run_sync=self._ledger_run_sync(p), instance=f"{(self.seed >> 32) & 0xFFFFFFFF:08x}")
         await nursery.start(service.run)
         return service, ledger_routes()
 
@@ -257,6 +316,85 @@ class SimTradingCluster:
         await nursery.start(service.run)
         return service
 
+    # --- storage faults, through the run_sync the services are given ---------------------------
+
+    def arm_torn_write(self, name: str, fraction: float) -> None:
+        """The next tape write of the exchange `name` is torn: the batch's last record is cut by
+        `fraction` of its bytes, and the exchange crashes before that write returns.
+
+        Why a crash during a write and not bytes cut off the tape after a crash: the tape is
+        written and fsynced inline here, in one call, before anyone is woken; whatever is on the
+        file when a crash lands was fsynced and may have been acknowledged already (the outbox
+        sent the fill, a market maker got its answer). A real crash can only tear what was not
+        yet fsynced, that is a batch whose write was under way, whose appends nobody was told
+        about. So the tear happens there: the batch's earlier records are whole (durable and never
+        acknowledged, as when a crash falls between the fsync and the answer), the last one is
+        half written, and the exchange is gone before the write returns."""
+        self._tear[name] = fraction
+
+    def disarm_torn_write(self, name: str) -> bool:
+        """Forget an armed tear that has not happened; True if there was one."""
+        return self._tear.pop(name, None) is not None
+
+    def arm_storage_failure(self, name: str, nth: int, *, keep: bool) -> None:
+        """The `nth` commit of the ledger `name` from now fails with sqlite3.OperationalError('disk
+        I/O error') at its COMMIT. With `keep` the transaction did reach the disk (a commit whose
+        fsync reported an error though its pages got written: after a failed fsync nobody knows);
+        without it the transaction is rolled back. The ledger's store raises, its writer stops and
+        the peer with it (docs/ledger.md, "A failed commit"): nothing of that group is answered."""
+        self._disk[name] = [nth, keep]
+
+    def disarm_storage_failure(self, name: str) -> bool:
+        return self._disk.pop(name, None) is not None
+
+    def _exchange_run_sync(self, p: SimPeer) -> Runner:
+        from peer.exchange.tape.writer import TapeWriter
+
+        async def run_sync(fn: Any, *args: Any) -> Any:
+            fraction = self._tear.get(p.name)
+            if fraction is None or getattr(fn, "__func__", None) is not TapeWriter._write_batch:
+                return await run_inline(fn, *args)
+            del self._tear[p.name]
+            (frames,) = args
+            last = len(frames[-1])
+            cut = min(last - 1, max(1, round(last * fraction)))
+            data = b"".join(frames)
+            fn([data[:-cut]])  # written and fsynced: what the disk holds when the power goes
+            self.torn.append({"kind": "torn", "at": trio.current_time(), "records": len(frames), "record_bytes": last,
+                              "written": last - cut, "tape_bytes": (p.data_dir / "exchange.tape").stat().st_size})
+            self.trace.append(f"{trio.current_time():.6f} {p.name} torn write: {len(frames)} records, "
+                              f"the last {cut} of {last} bytes short")
+            self.crash(p.name)
+            await trio.sleep_forever()  # cancelled at once: the write never returns
+
+        return run_sync
+
+    def _ledger_run_sync(self, p: SimPeer) -> Runner:
+        from peer.ledger.service import LedgerService
+
+        async def run_sync(fn: Any, *args: Any) -> Any:
+            armed = self._disk.get(p.name)
+            if armed is None or getattr(fn, "__func__", None) is not LedgerService._apply:
+                return await run_inline(fn, *args)
+            armed[0] -= 1
+            if armed[0] > 0:
+                return await run_inline(fn, *args)
+            del self._disk[p.name]
+            keep = armed[1]
+            store = fn.__self__.store
+            real = store._conn
+            store._conn = _FailingCommit(real, keep=keep)
+            self._injected.add(p.name)
+            self.disk_failures.append({"kind": "diskfail", "at": trio.current_time(), "kept": keep})
+            self.trace.append(f"{trio.current_time():.6f} {p.name} commit fails: disk I/O error "
+                              f"({'written' if keep else 'rolled back'})")
+            try:
+                return await run_inline(fn, *args)
+            finally:
+                store._conn = real
+
+        return run_sync
+
     # --- observing ----------------------------------------------------------------------------
 
     def _record(self, p: SimPeer, e: MemberEvent) -> None:
@@ -266,3 +404,22 @@ class SimTradingCluster:
         service = p.service
         if p.role == "mm" and service is not None:
             service.view_changed()
+
+
+class _FailingCommit:
+    """A SQLite connection whose COMMIT fails with a disk error (after committing, with `keep`);
+    every other call goes to the real connection."""
+
+    def __init__(self, conn: sqlite3.Connection, *, keep: bool) -> None:
+        self._conn = conn
+        self._keep = keep
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.strip().upper() == "COMMIT":
+            if self._keep:
+                self._conn.execute(sql, *args)
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
