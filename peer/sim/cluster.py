@@ -182,7 +182,10 @@ class SimTradingCluster:
         if injected and self.disk_failures:
             self.disk_failures[-1]["stopped_at"] = trio.current_time()
         self.exits.append((trio.current_time(), p.name, what, injected))
-        self.trace.append(f"{trio.current_time():.6f} {p.name} exited {'(injected) ' if injected else ''}{what}")
+        # Only the exceptions' types in the trace: their messages may name the data directory,
+        # which differs from run to run (the hash must not).
+        self.trace.append(f"{trio.current_time():.6f} {p.name} exited {'(injected) ' if injected else ''}"
+                          f"{','.join(type(e).__name__ for e in leaves)}")
         if p.up:
             self.net.remove(p.gossip)
             self.net.unlisten(p.http)

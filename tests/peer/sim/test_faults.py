@@ -177,6 +177,9 @@ def test_a_failing_ledger_commit_stops_the_ledger_which_restarts_on_its_data(tmp
         (exit_,) = c.exits
         assert exit_[1] == "ledger" and exit_[3] is True and "disk I/O error" in exit_[2]
         assert not c.peers["ledger"].up
+        # The trace (hashed) must not name the data directory: the same seed, another directory.
+        assert any("ledger exited (injected)" in line for line in c.trace)
+        assert not any(str(tmp_path) in line for line in c.trace)
         conn = sqlite3.connect(db)
         try:
             rows = conn.execute("SELECT COUNT(*) FROM fills").fetchone()[0]
