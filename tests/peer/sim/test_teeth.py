@@ -67,3 +67,23 @@ def test_quoting_beyond_the_reservation_is_found_as_a_violation_of_invariant_4(t
     backed = [v for v in report.verdicts if v.check.startswith("every quote was live only while")]
     assert backed and backed[0].held is False and "offered" in " ".join(backed[0].evidence)
     _holds_without_the_bug(seed, tmp_path, 30.0, trading)
+
+
+def test_a_broken_epoch_fence_is_found_as_a_violation_of_invariant_1(tmp_path):
+    """The epoch fence on quote operations: the exchange accepts a quote put or cancel only for the
+    symbol's current epoch and holder while its lease is live (`AuthorityTable._fence`). Planted bug:
+    the fence lets everything through (the seq check stays). A market maker whose request was held
+    by a fault (a partition, a one-way cut) past a takeover then lands a quote of its old epoch.
+
+    The exchange keeps one quote a symbol, so the stale quote replaces the new holder's instead of
+    overlapping it: `murmur check` sees it only because it rebuilds who held each symbol from the
+    claims, renewals and releases (invariant 1, "every accepted quote operation carried the
+    symbol's held epoch and holder, its lease live"); before that check, seeds 1..5 found nothing.
+    Measured (45 s, chaos): found at seed 4 (seed 6 too); bound 6 seeds."""
+    from book.authority import AuthorityTable
+
+    seed, report = _sweep(lambda patch: patch.setattr(AuthorityTable, "_fence", staticmethod(lambda *a: None)),
+                          {"1"}, tmp_path, bound=6, duration=45.0)
+    fence = [v for v in report.verdicts if v.check.startswith("every accepted quote operation carried")]
+    assert fence and fence[0].held is False and "accepted while" in fence[0].evidence[0]
+    _holds_without_the_bug(seed, tmp_path, 45.0)
