@@ -20,11 +20,11 @@ run: $(STAMP)
 # The whole suite in two runs: what needs no real processes in parallel on every core, then the
 # real-process tests (marked slow) one at a time, alone on the machine.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -n auto
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist worksteal
 	$(BIN)/python -m pytest -q -m slow
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -n auto
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -288,8 +288,8 @@ async def run_scenario(name: str, data_dir: Path, *, scenario: Scenario, peers: 
 # WARM of trading before the fault, HOLD of fault, then the heal, and the cluster must settle
 # (every symbol quoted by its rendezvous owner) within SETTLE_BOUND.
 
-WARM = 1.5
-HOLD = 4.0
+WARM = 1.0
+HOLD = 3.0
 SETTLE_BOUND = 20.0
 FLAP_PERIOD = 1.0
 FLAP_FOR = 20.0
