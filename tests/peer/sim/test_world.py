@@ -66,8 +66,8 @@ def _first_seed() -> int:
 
 # What the suite sweeps, in wall seconds. The goal is 90; at today's simulation speed (about 2.6
 # simulated seconds a wall second for 3 market makers) 90 s of sweep does not fit the suite's 10
-# minutes on 2 cores beside everything else, so it sweeps 60 (docs/simulation.md, "Sweeps").
-SWEEP_BUDGET = 60
+# minutes on 2 cores beside everything else, so it sweeps 45 (docs/simulation.md, "Sweeps").
+SWEEP_BUDGET = 45
 
 
 def test_ci_sweeps_as_many_seeds_as_fit_in_its_budget_and_none_fails():
