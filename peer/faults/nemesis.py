@@ -38,6 +38,8 @@ ADMIN_TIMEOUT = 1.0
 # A restart waits for the launcher to stop the old process and see the new one healthy.
 RESTART_TIMEOUT = 60.0
 KILL_WAIT = 5.0
+# The launcher answers one short JSON line; more than this is not an answer.
+MAX_ANSWER = 1 << 20
 
 
 class NemesisError(Exception):
@@ -271,7 +273,7 @@ def _ask_launcher(path: str, request: dict[str, Any]) -> dict[str, Any]:
             s.connect(path)
             s.sendall(json.dumps(request).encode() + b"\n")
             data = b""
-            while not data.endswith(b"\n"):
+            while not data.endswith(b"\n") and len(data) <= MAX_ANSWER:
                 chunk = s.recv(65536)
                 if not chunk:
                     break
@@ -280,7 +282,7 @@ def _ask_launcher(path: str, request: dict[str, Any]) -> dict[str, Any]:
         raise NemesisError(f"the launcher's control socket {path} did not answer: {exc}") from None
     try:
         answer = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting raises the latter
         raise NemesisError(f"the launcher answered {data[:200]!r}, not JSON") from None
     if not isinstance(answer, dict):
         raise NemesisError(f"the launcher answered {answer!r}, not an object")

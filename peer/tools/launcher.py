@@ -482,7 +482,7 @@ class Launcher:
     async def _control_answer(self, data: bytes) -> dict[str, Any]:
         try:
             request = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting raises the latter
             return {"ok": False, "error": "not one JSON line"}
         if not isinstance(request, dict) or request.get("op") != "restart" or not isinstance(request.get("peer"), str):
             return {"ok": False, "error": 'expected {"op": "restart", "peer": NAME}'}

@@ -85,3 +85,14 @@ def test_netns_is_refused_with_the_reason_when_not_root(monkeypatch, capsys, tmp
     err = capsys.readouterr().err
     assert "--netns" in err and "root" in err
     assert not (tmp_path / "cluster.json").exists()
+
+
+async def test_the_control_socket_answers_malformed_requests_with_an_error_and_changes_nothing(tmp_path: Path):
+    from peer.tools.launcher import Launcher
+
+    launcher = Launcher(LaunchOptions(peers=1, data_dir=tmp_path), say=lambda text: None)
+    for raw in (b"", b"not json\n", b"[1, 2]\n", b'{"op": "restart"}\n', b'{"op": "stop", "peer": "mm-1"}\n',
+                b'{"op": "restart", "peer": 7}\n', b"{" * 5000, b"[" * 3000 + b"]" * 3000, b'{"op": "restart", "peer": "mm-9"}\n'):
+        answer = await launcher._control_answer(raw)
+        assert answer["ok"] is False and answer["error"], raw[:40]
+    assert launcher.children == []  # nothing was started or stopped
