@@ -95,7 +95,7 @@ def read_faults(data_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
         torn = number == len(lines)  # no newline after it: a write cut short
         try:
             rec = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep nesting raises the last
             why = "an unfinished last line" if torn else f"not JSON ({exc})"
             problems.append(f"{path} line {number}: {why}; skipped")
             continue

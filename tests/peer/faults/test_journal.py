@@ -168,3 +168,11 @@ def test_active_at_is_start_inclusive_end_exclusive():
     assert names(T + 100) == ["kill ledger"]
     assert intervals[0].overlaps(T + 4, T + 9) and not intervals[0].overlaps(T + 5, None)
     assert intervals[0].to_json()["summary"] == "partition mm-1 | mm-2"
+
+
+def test_a_deeply_nested_line_is_skipped_and_reported_never_a_crash(tmp_path):
+    good = rec("heal", T)
+    (tmp_path / FILE_NAME).write_bytes(b"[" * 5000 + b"]" * 5000 + b"\n" + json.dumps(good).encode() + b"\n")
+    records, problems = read_faults(tmp_path)
+    assert records == [good]
+    assert len(problems) == 1 and "line 1: not JSON" in problems[0]
