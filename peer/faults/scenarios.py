@@ -343,22 +343,30 @@ async def holder_cut_from_exchange(c: ScenarioCluster, r: ScenarioReport) -> Non
     await _settle(c, r)
 
 
-async def exchange_isolated(c: ScenarioCluster, r: ScenarioReport) -> None:
-    others = [p["name"] for p in c.cluster["peers"] if p["name"] != "exchange"]
+async def _cut_hold_heal(c: ScenarioCluster, r: ScenarioReport, spec: str, **kw: Any) -> None:
     await trio.sleep(WARM)
-    await c.partition(f"exchange | {','.join(others)}")
+    await c.partition(spec, **kw)
     await trio.sleep(HOLD)
     await c.heal()
     await _settle(c, r)
 
 
-async def ledger_killed(c: ScenarioCluster, r: ScenarioReport) -> None:
+async def _kill_and_restart(c: ScenarioCluster, r: ScenarioReport, name: str, down: float) -> None:
     await trio.sleep(WARM)
-    await c.act(lambda n: n.kill("ledger"))
-    await trio.sleep(HOLD)
-    out = await c.act(lambda n: n.restart("ledger"), heals=True)
+    await c.act(lambda n: n.kill(name))
+    await trio.sleep(down)
+    out = await c.act(lambda n: n.restart(name), heals=True)
     r.notes["restart"] = out.lines[0] if out.lines else ""
     await _settle(c, r)
+
+
+async def exchange_isolated(c: ScenarioCluster, r: ScenarioReport) -> None:
+    others = [p["name"] for p in c.cluster["peers"] if p["name"] != "exchange"]
+    await _cut_hold_heal(c, r, f"exchange | {','.join(others)}")
+
+
+async def ledger_killed(c: ScenarioCluster, r: ScenarioReport) -> None:
+    await _kill_and_restart(c, r, "ledger", HOLD)
 
 
 async def flapping_link(c: ScenarioCluster, r: ScenarioReport) -> None:
@@ -381,11 +389,7 @@ async def flapping_link(c: ScenarioCluster, r: ScenarioReport) -> None:
 
 async def one_way_between_mms(c: ScenarioCluster, r: ScenarioReport) -> None:
     a, b = (await c.mm_names())[:2]
-    await trio.sleep(WARM)
-    await c.partition(f"{a} | {b}", one_way=True)
-    await trio.sleep(HOLD)
-    await c.heal()
-    await _settle(c, r)
+    await _cut_hold_heal(c, r, f"{a} | {b}", one_way=True)
 
 
 async def frozen_holder(c: ScenarioCluster, r: ScenarioReport) -> None:
@@ -403,12 +407,7 @@ async def frozen_holder(c: ScenarioCluster, r: ScenarioReport) -> None:
 
 
 async def exchange_killed(c: ScenarioCluster, r: ScenarioReport) -> None:
-    await trio.sleep(WARM)
-    await c.act(lambda n: n.kill("exchange"))
-    await trio.sleep(HOLD / 2)
-    out = await c.act(lambda n: n.restart("exchange"), heals=True)
-    r.notes["restart"] = out.lines[0] if out.lines else ""
-    await _settle(c, r)
+    await _kill_and_restart(c, r, "exchange", HOLD / 2)
 
 
 async def full_restart(c: ScenarioCluster, r: ScenarioReport) -> None:
