@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from peer.commands._common import UsageError, profile_arg
+from peer.sim.world import PROFILES
 
 NAME = "sim"
 HELP = "run the whole cluster with seeded faults in one process; print the verdicts and the trace hash"
@@ -22,9 +23,11 @@ DESCRIPTION = """\
 Run the exchange, the ledger and N market makers -- their real services, their real HTTP server
 and client code, their gossip nodes -- in one process, on an in-memory network under a virtual
 clock, with the exchange's order flow and faults drawn from --seed (--faults: none; calm: loss
-and delay; chaos: also partitions both ways and one way, an isolated peer, frozen peers, crashes
-and restarts on their data, duplicated and reordered packets, a torn tape tail, a failing ledger
-commit, and market makers' clock drift; see docs/simulation.md). The run ends with the checker of `murmur check` over the tape and the ledger it left, and
+and delay; network: also partitions both ways and one way, an isolated peer, frozen peers,
+duplicated and reordered packets; storage: crashes and restarts on their data, a torn tape
+tail, a failing ledger commit, a ledger crash between a commit of fills and its answer; chaos:
+all of these, and the clocks of the market makers and the ledger drifting; see
+docs/simulation.md). The run ends with the checker of `murmur check` over the tape and the ledger it left, and
 whether every symbol was quoted again within 10 s of the last fault. The same seed gives the same
 trace hash, byte for byte. A failing seed prints the one line that reproduces it; --keep DIR keeps
 its files for `murmur check DIR` and `murmur tape DIR/exchange/exchange.tape`.
@@ -53,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", type=int, default=None,
                    help="market makers (default 3), or gossip peers with --membership (default 20)")
     p.add_argument("--duration", type=float, default=60.0, help="simulated seconds (default: 60)")
-    p.add_argument("--faults", default="chaos", choices=("none", "calm", "chaos"), help="fault profile (default: chaos)")
+    p.add_argument("--faults", default="chaos", choices=PROFILES, help="fault profile (default: chaos)")
     p.add_argument("--jobs", type=int, default=1, help="seeds run at once by --seeds (default: 1)")
     p.add_argument("--budget", type=float, metavar="SECONDS",
                    help="--seeds: start a seed only if, at the average seed's length so far, it ends within this "

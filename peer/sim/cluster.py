@@ -8,9 +8,10 @@ gossip, ordered streams for HTTP) and the time is trio's `MockClock`. Storage is
 directory of the caller's, written inline in the trio thread (no worker thread whose timing the
 clock cannot control). Peers are crashed (their tasks cancelled, their addresses removed from the
 network) and restarted on the same data directory, so the exchange replays its tape and the
-ledger reopens its database, as after a real crash. Two storage faults reach into the role's
+ledger reopens its database, as after a real crash. Three storage faults reach into the role's
 `run_sync` (the one seam the services give for their blocking calls): the exchange crashing in the
-middle of a tape write (a torn tail) and the ledger's commit failing with a disk error. A peer
+middle of a tape write (a torn tail), the ledger's commit failing with a disk error, and the ledger
+crashing after a commit of fills reached the disk but before anyone was answered. A peer
 whose service raises stops like a process that exits: its addresses vanish, and `exits` says why.
 
 What it must never do: read the wall clock or draw unseeded randomness. Every peer's wall clock
@@ -116,8 +117,10 @@ class SimTradingCluster:
         # what they did.
         self._tear: dict[str, float] = {}
         self._disk: dict[str, list] = {}  # name -> [commits left before the failing one, keep]
+        self._crash_after: dict[str, int] = {}  # name -> commits of fills left before the crash
         self._injected: set[str] = set()  # peers stopped by an injected storage fault
         self.torn: list[dict[str, Any]] = []
+        self.commit_crashes: list[dict[str, Any]] = []
         self.disk_failures: list[dict[str, Any]] = []
         self._nursery: trio.Nursery | None = None
 
@@ -350,6 +353,16 @@ class SimTradingCluster:
     def disarm_storage_failure(self, name: str) -> bool:
         return self._disk.pop(name, None) is not None
 
+    def arm_crash_after_commit(self, name: str, nth: int) -> None:
+        """The ledger `name` crashes right after its `nth` commit from now that records fills:
+        the transaction is on disk, nobody has been answered (a process killed between its fsync
+        and its reply). The exchange's outbox, never told, sends those fills again to the
+        restarted ledger, which must find each one already recorded (exactly-once)."""
+        self._crash_after[name] = nth
+
+    def disarm_crash_after_commit(self, name: str) -> bool:
+        return self._crash_after.pop(name, None) is not None
+
     def _exchange_run_sync(self, p: SimPeer) -> Runner:
         from peer.exchange.tape.writer import TapeWriter
 
@@ -373,9 +386,13 @@ class SimTradingCluster:
         return run_sync
 
     def _ledger_run_sync(self, p: SimPeer) -> Runner:
+        from ledger.store import RecordFills
         from peer.ledger.service import LedgerService
 
         async def run_sync(fn: Any, *args: Any) -> Any:
+            if (p.name in self._crash_after and getattr(fn, "__func__", None) is LedgerService._apply
+                    and any(isinstance(op, RecordFills) for op in args[0])):
+                return await crash_after(fn, *args)
             armed = self._disk.get(p.name)
             if armed is None or getattr(fn, "__func__", None) is not LedgerService._apply:
                 return await run_inline(fn, *args)
@@ -395,6 +412,19 @@ class SimTradingCluster:
                 return await run_inline(fn, *args)
             finally:
                 store._conn = real
+
+        async def crash_after(fn: Any, *args: Any) -> Any:
+            self._crash_after[p.name] -= 1
+            result = await run_inline(fn, *args)
+            if self._crash_after[p.name] > 0:
+                return result
+            del self._crash_after[p.name]
+            fills = sum(len(op.fills) for op in args[0] if isinstance(op, RecordFills))
+            self.commit_crashes.append({"kind": "commitcrash", "at": trio.current_time(), "fills": fills})
+            self.trace.append(f"{trio.current_time():.6f} {p.name} crashes after a commit of {fills} fills, "
+                              "before answering")
+            self.crash(p.name)
+            await trio.sleep_forever()  # cancelled at once: nobody is answered
 
         return run_sync
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,12 +351,17 @@ FILL_FIELDS = ("fill_id", "seq", "order_id", "symbol", "side", "quantity", "pric
 
 
 def check_ledger(conn: Any, facts: TapeFacts | None, limit: int, snapshot_at: float = math.inf,
-                 delivery_bound: float = DELIVERY_BOUND) -> list[Verdict]:
+                 delivery_bound: float = DELIVERY_BOUND,
+                 ledger_clock: Callable[[float], float] | None = None) -> list[Verdict]:
     """Invariants 2 (ledger half), 3 and 4 over the ledger's database (an sqlite3 connection
     with `row_factory = sqlite3.Row`), cross-checked with the tape's facts when there are some.
 
     `snapshot_at`: when the ledger's snapshot was taken, for a running cluster. The tape is read
-    after it, so it may hold more; what happened after the snapshot is not judged against it."""
+    after it, so it may hold more; what happened after the snapshot is not judged against it.
+
+    `ledger_clock`: maps a time the ledger recorded to the exchange's clock, where the two are
+    compared (a reservation covering a quote, a fill's delivery). None when they share a clock,
+    as under `murmur launch`; the simulation, which knows the ledger's drift, passes its inverse."""
     once = Verdict("2", "the ledger holds each fill once, as the exchange created it, and every acknowledged one", True)
     derived = Verdict("3", "net_quantity is the signed sum of the fills; versions rise by one per fill", True)
     limited = Verdict("4", f"active reservations never held more than {limit} per side", True)
@@ -399,7 +404,7 @@ def check_ledger(conn: Any, facts: TapeFacts | None, limit: int, snapshot_at: fl
     delivered = Verdict("2", f"every fill reached the ledger within {delivery_bound:g} s while the ledger was "
                              "reachable", True)
     if facts is not None:
-        _check_delivery(conn, facts, in_ledger, delivered, snapshot_at, delivery_bound)
+        _check_delivery(conn, facts, in_ledger, delivered, snapshot_at, delivery_bound, ledger_clock)
     else:
         delivered.held = None
         delivered.note = "no tape: fills are created on the exchange's tape"
@@ -420,12 +425,12 @@ def check_ledger(conn: Any, facts: TapeFacts | None, limit: int, snapshot_at: fl
         backed.held = None
         backed.note = "no tape: quotes are on the exchange's tape"
     else:
-        _check_backing(conn, facts, backed, snapshot_at)
+        _check_backing(conn, facts, backed, snapshot_at, ledger_clock)
     return [once, delivered, derived, limited, backed]
 
 
 def _check_delivery(conn: Any, facts: TapeFacts, in_ledger: set[str], verdict: Verdict, snapshot_at: float,
-                    bound: float) -> None:
+                    bound: float, ledger_clock: Callable[[float], float] | None) -> None:
     """A fill on the tape that the ledger lacks is a violation once it is older than `bound` at a
     time the ledger was demonstrably reachable: it recorded a fill, granted a reservation or
     counted a fill against one, or the exchange recorded its acknowledgement. (A ledger that was
@@ -436,7 +441,7 @@ def _check_delivery(conn: Any, facts: TapeFacts, in_ledger: set[str], verdict: V
                 "SELECT MAX(applied_at) FROM reservation_fills"):
         value = conn.execute(sql).fetchone()[0]
         if value is not None:
-            last = max(last, value)
+            last = max(last, ledger_clock(value) if ledger_clock else value)
     last = min(last, snapshot_at)
     late = 0
     for fid in facts.fill_order:
@@ -496,7 +501,8 @@ def _check_exposure(conn: Any, limit: int, verdict: Verdict) -> None:
     verdict.counts = {"reservations": n, "peak_bid": worst[0], "peak_ask": worst[1]}
 
 
-def _check_backing(conn: Any, facts: TapeFacts, verdict: Verdict, snapshot_at: float) -> None:
+def _check_backing(conn: Any, facts: TapeFacts, verdict: Verdict, snapshot_at: float,
+                   ledger_clock: Callable[[float], float] | None) -> None:
     reservations = {r["reservation_id"]: r for r in conn.execute("SELECT * FROM reservations")}
     later = 0
     for qid, q in facts.quotes.items():
@@ -516,10 +522,13 @@ def _check_backing(conn: Any, facts: TapeFacts, verdict: Verdict, snapshot_at: f
                             f"granted {r['reserved_bid_quantity']}/{r['reserved_ask_quantity']}")
         # Judged up to the snapshot: a refresh and its reservation's renewal after it are unseen.
         live_until = min(q.get("ended_at", math.inf), q["expires_at"], snapshot_at)
+        granted = r["created_at"]
         covered_until = min(r["expires_at"], r["ended_at"] if r["ended_at"] is not None else math.inf)
-        if r["created_at"] > q["at"] or covered_until < live_until:
+        if ledger_clock is not None:
+            granted, covered_until = ledger_clock(granted), ledger_clock(covered_until)
+        if granted > q["at"] or covered_until < live_until:
             verdict.violate(f"quote {qid} was live from {q['at']:.6f} to {live_until:.6f}; reservation {rid} "
-                            f"covered {r['created_at']:.6f} to {covered_until:.6f}")
+                            f"covered {granted:.6f} to {covered_until:.6f}")
     verdict.counts = {"quotes": len(facts.quotes) - later, "reservations": len(reservations)}
     if later:
         verdict.counts["after_snapshot"] = later

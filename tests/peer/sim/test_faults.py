@@ -1,5 +1,5 @@
 """The simulation's newer faults: one-way cuts, duplicated and reordered packets, a torn tape
-tail, a failing ledger commit, clock drift. Each is planned by some seed, does what it says on
+tail, a failing ledger commit, a ledger crash between a commit of fills and its answer, clock drift. Each is planned by some seed, does what it says on
 the network or the disk, and a run with it holds every invariant."""
 
 from __future__ import annotations
@@ -13,12 +13,21 @@ import trio
 from gossip.config import LOCAL
 from gossip.simnet import SimNetwork
 from peer.exchange.tape import scan
-from peer.sim.cluster import SimTradingCluster
-from peer.sim.world import CHAOS, MM_RATE, plan_drift, plan_faults, run_world
+from peer.sim.cluster import EPOCH, SimTradingCluster
+from peer.sim.world import (
+    CHAOS,
+    LEDGER_RATE,
+    MM_RATE,
+    NETWORK,
+    STORAGE,
+    plan_drift,
+    plan_faults,
+    run_world,
+)
 from tests.peer.determinism import run_simulated
 
 NAMES = ["exchange", "ledger", "mm-1", "mm-2", "mm-3"]
-NEW = {"oneway", "duplicate", "reorder", "torn", "diskfail"}
+NEW = {"oneway", "duplicate", "reorder", "torn", "diskfail", "commitcrash"}
 A = ("10.0.0.1", 7946)
 B = ("10.0.0.2", 7946)
 
@@ -36,6 +45,8 @@ def test_each_new_kind_is_planned_by_some_seed_and_described():
         elif f.kind == "diskfail":
             assert f.subjects == ["ledger"] and 1 <= f.value <= 20 and f.mode in ("kept", "lost")
             assert f"at commit {f.value:.0f}, {f.mode}" in f.describe()
+        elif f.kind == "commitcrash":
+            assert f.subjects == ["ledger"] and 1 <= f.value <= 5 and "before answering" in f.describe()
         elif f.kind in ("duplicate", "reorder"):
             assert f.subjects == [] and 0 < f.value < 1
     assert {f.mode for f in planned if f.kind == "diskfail"} == {"kept", "lost"}
@@ -43,14 +54,42 @@ def test_each_new_kind_is_planned_by_some_seed_and_described():
         == {0, 1}  # both ways round
 
 
-def test_drift_is_drawn_for_market_makers_within_the_bound_and_only_in_chaos():
+def test_drift_is_drawn_for_market_makers_and_the_ledger_within_the_bounds_and_only_in_chaos():
     for seed in range(30):
         drift = plan_drift(random.Random(seed), "chaos", NAMES)
         assert drift == plan_drift(random.Random(seed), "chaos", NAMES)
-        assert set(drift) == {"mm-1", "mm-2", "mm-3"}  # the exchange is the reference; see world.py for the ledger
+        assert set(drift) == {"mm-1", "mm-2", "mm-3", "ledger"}  # the exchange is the reference
         # The exchange's clock runs faster than a market maker's by at most 0.1 s over a 2 s lease.
-        assert all(abs(rate) <= MM_RATE < 0.05 for _, rate in drift.values())
+        assert all(abs(rate) <= MM_RATE < 0.05 for name, (_, rate) in drift.items() if name != "ledger")
+        # A reservation of 31 s by the ledger's clock covers a quote of 30 s by the exchange's.
+        assert abs(drift["ledger"][1]) <= LEDGER_RATE < 1 / 31
     assert plan_drift(random.Random(1), "calm", NAMES) == plan_drift(random.Random(1), "none", NAMES) == {}
+
+
+def test_the_judge_maps_the_ledgers_drifting_clock_back_to_the_exchanges(tmp_path):
+    """A run whose ledger clock runs 1.5% fast and 2 s ahead holds every invariant only because
+    the judge reads the ledger's times on the exchange's clock: the same files judged as plain
+    numbers show reservations granted after their quotes went live."""
+    seed = next(s for s in range(1, 200) if plan_faults(random.Random(f"faults:{s}"), "chaos", NAMES, 30.0) == [])
+
+    async def main():
+        from peer.sim import world
+
+        cluster = SimTradingCluster(3, LOCAL, seed, tmp_path)
+        cluster.peers["ledger"].drift, cluster.peers["ledger"].rate = 2.0, LEDGER_RATE
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cluster.run)
+            await trio.sleep(20.0)
+            cluster.stop()
+        held = world.SimReport(seed, 3, "chaos", 20.0)
+        world._judge(held, cluster, EPOCH + 5.0, (2.0, LEDGER_RATE))
+        plain = world.SimReport(seed, 3, "chaos", 20.0)
+        world._judge(plain, cluster, EPOCH + 5.0, (0.0, 0.0))
+        return held, plain
+
+    held, plain = run_simulated(main, seed=seed)
+    assert held.ok, held.violations
+    assert held.fills > 0 and any("reservation covered it" in v for v in plain.violations)
 
 
 async def test_a_duplicated_packet_arrives_twice_each_copy_after_its_own_delay(autojump_clock, nursery):
@@ -194,12 +233,52 @@ def test_a_failing_ledger_commit_stops_the_ledger_which_restarts_on_its_data(tmp
     _cluster_run(tmp_path, 12, body)
 
 
+def test_the_storage_and_network_profiles_draw_their_kinds_only_and_no_drift():
+    planned = [f for seed in range(30) for f in plan_faults(random.Random(seed), "storage", NAMES, 60.0)]
+    assert {f.kind for f in planned} == set(STORAGE) == {"crash", "torn", "diskfail", "commitcrash"}
+    planned = [f for seed in range(30) for f in plan_faults(random.Random(seed), "network", NAMES, 60.0)]
+    assert {f.kind for f in planned} == set(NETWORK) == set(CHAOS) - set(STORAGE)
+    assert plan_drift(random.Random(1), "storage", NAMES) == plan_drift(random.Random(1), "network", NAMES) == {}
+
+
+def test_a_ledger_crash_after_a_commit_of_fills_loses_no_answer_the_resent_fills_are_found_recorded(tmp_path):
+    db = tmp_path / "ledger" / "ledger.db"
+
+    def fill_rows():
+        conn = sqlite3.connect(db)
+        try:
+            return conn.execute("SELECT COUNT(*), COUNT(DISTINCT fill_id) FROM fills").fetchone()
+        finally:
+            conn.close()
+
+    async def body(c):
+        await trio.sleep(3.0)
+        c.arm_crash_after_commit("ledger", 2)
+        await trio.sleep(2.0)
+        (crash,) = c.commit_crashes
+        assert crash["fills"] > 0 and not c.peers["ledger"].up
+        assert c.exits == []  # a crash, not a service that raised
+        assert any("ledger crashes after a commit of" in line for line in c.trace)
+        rows, distinct = fill_rows()  # the crashed commit's fills are on disk, never answered
+        await c.start("ledger")
+        await trio.sleep(5.0)
+        store = c.peers["ledger"].service.store
+        # The outbox, never told, sent the committed fills again: each found recorded, not applied
+        # twice; and the fills since are recorded after them.
+        assert store.counters.get("fills_duplicate", 0) >= crash["fills"]
+        after, after_distinct = fill_rows()
+        assert after == after_distinct and after > rows == distinct
+
+    _cluster_run(tmp_path, 13, body)
+
+
 @pytest.mark.parametrize("seed, kinds", [
     # duplicated packets, reordered packets, a ledger commit that fails and is rolled back
     (28, ["duplicate", "reorder", "diskfail"]),
-    # the exchange isolated, a failing commit that did reach the disk, a torn tape tail, and the
-    # exchange cut from a market maker one way
-    (115, ["isolate", "diskfail", "torn", "oneway"]),
+    # the exchange cut from a market maker one way, a torn tape tail, a failing commit that did
+    # reach the disk (a run with a ledger crash between a commit and its answer: the control run
+    # of test_teeth.py's exactly-once test)
+    (2276, ["oneway", "torn", "diskfail"]),
 ])
 def test_runs_with_the_new_faults_hold_every_invariant(tmp_path, seed, kinds):
     report = run_simulated(lambda: run_world(seed, 3, LOCAL, tmp_path, duration=40.0, profile="chaos"), seed=seed)

@@ -26,10 +26,10 @@ def test_faults_are_a_function_of_the_seed_one_at_a_time_inside_the_window():
         assert all(set(f.subjects) <= set(NAMES) for f in faults)
     kinds = {f.kind for seed in range(30) for f in plan_faults(random.Random(seed), "chaos", NAMES, 120.0)}
     assert kinds == {"partition", "isolate", "freeze", "crash", "loss", "delay", "oneway", "duplicate", "reorder",
-                     "torn", "diskfail"}
+                     "torn", "diskfail", "commitcrash"}
     assert plan_faults(random.Random(1), "none", NAMES, 120.0) == []
     assert {f.kind for f in plan_faults(random.Random(1), "calm", NAMES, 300.0)} <= {"loss", "delay"}
-    assert PROFILES == ("none", "calm", "chaos")
+    assert PROFILES == ("none", "calm", "network", "storage", "chaos")
 
 
 def test_a_run_without_faults_trades_holds_every_invariant_and_starts_no_thread(tmp_path):
