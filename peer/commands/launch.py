@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
             check_netns_available()
         except NetnsUnavailable as exc:
             raise UsageError(f"--netns: {exc}") from None
-    console = Console(highlight=False)
+    # soft_wrap: a path longer than the terminal (or than 80 columns, when the output is a file)
+    # stays on one line, whole, so that it can be copied; only the table is fitted to the width.
+    console = Console(highlight=False, soft_wrap=True)
     launcher = Launcher(opts, say=lambda text: console.print(text, markup=False))
     try:
         with lock_directory(opts.data_dir, "launcher"):

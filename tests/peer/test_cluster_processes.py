@@ -58,7 +58,9 @@ async def test_launch_5_writes_cluster_file_and_every_peer_sees_7_alive(tmp_path
                 assert await trio.Path(p["data_dir"]).is_dir()
             await wait_converged(client, cluster)
             out = cluster.launcher_output()
-            assert "cluster.json" in out and "murmur top" in out and "murmur members" in out
+            assert "murmur top" in out and "murmur members" in out
+            # The path whole on one line, to copy, however long (the output is a file: 80 columns).
+            assert f"cluster file   {cluster.data_dir / 'cluster.json'}\n" in out
 
 
 async def test_sigkill_of_one_peer_is_seen_dead_by_all_others(tmp_path):
