@@ -17,11 +17,12 @@ $(STAMP): $(BIN)/python pyproject.toml
 run: $(STAMP)
 	$(BIN)/murmur launch --peers 5
 
-# The whole suite in two runs: what needs no real processes in parallel on every core, then the
-# real-process tests (marked slow) one at a time, alone on the machine.
+# The whole suite in two runs, each on every core: what needs no real processes (CPU-bound: the
+# simulations), then the real-process tests (marked slow), which mostly wait on timers and
+# sockets and so share the machine with each other but not with the simulations.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist worksteal
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow -n 2 --dist worksteal
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n auto --dist worksteal

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from peer.commands._common import UsageError, profile_arg
-from peer.sim.world import PROFILES
 
 NAME = "sim"
 HELP = "run the whole cluster with seeded faults in one process; print the verdicts and the trace hash"
@@ -47,6 +46,10 @@ examples:
 """
 
 SEEDS = re.compile(r"(\d+)\.\.(\d+)")
+# peer.sim.world.PROFILES, spelled out: importing the simulation (trio, every service) would slow
+# the start of every `murmur` command, which builds all the parsers (tests/peer/sim/test_world.py
+# checks the two agree).
+PROFILES = ("none", "calm", "network", "storage", "chaos")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

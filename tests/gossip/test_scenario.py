@@ -24,6 +24,7 @@ async def test_scenario_holds_with_the_lan_profile(autojump_clock):
     assert report.ok, [c for c in report.checks if not c.held]
 
 
+@pytest.mark.early(seconds=12)
 def test_murmur_sim_membership_prints_the_same_hash_for_the_same_seed():
     def run(seed: int) -> dict:
         out = subprocess.run([sys.executable, "-m", "peer.cli", "sim", "--membership", "--seed", str(seed), "--peers", "10",

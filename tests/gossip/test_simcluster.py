@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 
 from gossip.config import LAN, LOCAL, GossipConfig
@@ -27,6 +28,7 @@ async def converged(size: int, config: GossipConfig, seed: int, **kw) -> AsyncIt
         cluster.stop()
 
 
+@pytest.mark.early(seconds=14)
 async def test_two_hundred_peers_converge(autojump_clock):
     cluster = SimCluster(200, LAN, seed=1, join_spread=5.0)
     async with trio.open_nursery() as nursery:
@@ -48,6 +50,7 @@ async def test_frozen_peer_is_declared_dead_by_all_others_and_no_one_else(autoju
             assert cluster.declared_dead(v) == {victim}, f"{v} declared others dead"
 
 
+@pytest.mark.early(seconds=70)
 async def test_five_percent_loss_for_an_hour_gives_no_false_death(autojump_clock):
     async with converged(12, LAN, seed=3) as cluster:
         cluster.net.set_loss(0.05)
@@ -127,6 +130,7 @@ def _trace(seed: int, hashseed: str) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.early(seconds=12)
 def test_same_seed_gives_the_same_event_trace():
     a = _trace(11, "1")
     b = _trace(11, "2")

@@ -272,6 +272,7 @@ def test_a_ledger_crash_after_a_commit_of_fills_loses_no_answer_the_resent_fills
     _cluster_run(tmp_path, 13, body)
 
 
+@pytest.mark.early(seconds=11)
 @pytest.mark.parametrize("seed, kinds", [
     # duplicated packets, reordered packets, a ledger commit that fails and is rolled back
     (28, ["duplicate", "reorder", "diskfail"]),

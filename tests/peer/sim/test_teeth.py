@@ -55,6 +55,7 @@ def _holds_without_the_bug(seed: int, tmp_path: Path, duration: float, trading: 
     assert report.ok, report.violations
 
 
+@pytest.mark.early(seconds=20)
 def test_quoting_beyond_the_reservation_is_found_as_a_violation_of_invariant_4(tmp_path):
     """The reservation before activation: the market maker's `_publish` caps a quote by what the
     ledger granted (`cap_by_reservation`). Planted bug: the cap returns the terms it was given,
@@ -72,6 +73,7 @@ def test_quoting_beyond_the_reservation_is_found_as_a_violation_of_invariant_4(t
     _holds_without_the_bug(seed, tmp_path, 30.0, trading)
 
 
+@pytest.mark.early(seconds=75)
 def test_a_broken_epoch_fence_is_found_as_a_violation_of_invariant_1(tmp_path):
     """The epoch fence on quote operations: the exchange accepts a quote put or cancel only for the
     symbol's current epoch and holder while its lease is live (`AuthorityTable._fence`). Planted bug:
@@ -100,6 +102,7 @@ def _no_exactly_once(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(ledger_store.LedgerStore, "_recorded_fill", lambda self, fill_id: None)
 
 
+@pytest.mark.early(seconds=30)
 def test_a_ledger_without_exactly_once_is_found_as_a_violation_of_invariant_2(tmp_path):
     """Exactly-once at the ledger: a fill the exchange's outbox sends again (it was never told the
     first send was committed) is found recorded by its fill_id and answered as a duplicate
