@@ -112,8 +112,8 @@ def test_a_ledger_without_exactly_once_is_found_as_a_violation_of_invariant_2(tm
     It takes a fault that loses the answer to a committed batch of fills: the storage profile's
     `commitcrash` (the ledger dies after the commit, before answering) or a `diskfail` whose
     failed commit reached the disk. Measured (30 s, storage profile): found at seed 2 (seed 6
-    too); bound 4 seeds. Under chaos it takes longer runs: the first 60 s chaos seed with a
-    commitcrash is seed 9 (docs/BENCH.md)."""
+    too); bound 4 seeds. Under chaos, where commitcrash is one kind in twelve, it takes longer
+    runs: the first 60 s chaos seed whose plan draws a commitcrash is seed 9."""
     seed, report = _sweep(_no_exactly_once, {"2"}, tmp_path, bound=4, duration=30.0, profile="storage")
     once = [v for v in report.verdicts if v.check.startswith("the ledger holds each fill once")]
     assert once and once[0].held is False and "appear more than once" in once[0].evidence[0]
