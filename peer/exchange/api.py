@@ -11,6 +11,8 @@ error naming the field (nothing changes then).
 Status codes: 200/201 accepted; 409 well-formed but refused by the rules (stale epoch, held,
 conflict...), with `reason`; 400 malformed, with `field`; 404 unknown symbol or order. Bodies and
 query parameters are read, and a malformed one answered, by peer/http/inputs.py, as in every API.
+Order entry (`POST /orders`, `DELETE /orders/{order_id}`) is marked `rate_limited`: the HTTP
+server answers a client address over its rate with 429 before the handler runs.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from starlette.routing import Route
 from book.exchange import CommandError
 from peer.exchange.service import ExchangeService
 from peer.http import inputs
+from peer.http.guard import Refused, caller, require_name
+from peer.http.limits import rate_limited
 
 MAX_BODY = 64 * 1024
 
@@ -120,9 +124,15 @@ async def delete_order(request: Request) -> Response:
 
 def _symbol_command(kind: str, allowed: tuple[str, ...], required: tuple[str, ...]):
     """A command on the symbol in the path (`PUT /quotes/{symbol}`, `POST
-    /authority/{symbol}/claim`, ...): the body holds the command's other arguments."""
+    /authority/{symbol}/claim`, ...): the body holds the command's other arguments. Only a
+    member may call it (a signed call, peer/http/guard.py), and only for itself: the body's
+    `holder` must be the signer's name."""
 
     async def handler(request: Request) -> Response:
+        try:
+            signer = await caller(request)
+        except Refused as exc:
+            return exc.response
         symbol = _symbol(request)
         if symbol is None:
             return _error(404, f"unknown symbol {request.path_params['symbol']!r}", field="symbol")
@@ -130,6 +140,10 @@ def _symbol_command(kind: str, allowed: tuple[str, ...], required: tuple[str, ..
             body = parse_body(await request.body(), allowed, required)
         except CommandError as exc:
             return _refused(exc)
+        try:
+            require_name(request, signer, body.get("holder"), "holder")
+        except Refused as exc:
+            return exc.response
         return await _run(request, kind, {**body, "symbol": symbol})
 
     return handler
@@ -209,8 +223,10 @@ async def get_exchange_status(request: Request) -> Response:
 
 def exchange_routes() -> list[Route]:
     return [
-        Route("/orders", post_order, methods=["POST"]),
-        Route("/orders/{order_id}", delete_order, methods=["DELETE"]),
+        # Order entry is open to anyone who reaches the exchange: rate-limited per client
+        # address by the HTTP server (peer/http/limits.py, docs/security.md).
+        rate_limited(Route("/orders", post_order, methods=["POST"])),
+        rate_limited(Route("/orders/{order_id}", delete_order, methods=["DELETE"])),
         Route("/quotes", get_quotes, methods=["GET"]),
         Route("/quotes/{symbol}", put_quote, methods=["PUT"]),
         Route("/quotes/{symbol}", get_quote, methods=["GET"]),

@@ -22,6 +22,11 @@ which the other side's server filters by) and obey the peer's link filter (`link
 peer/faults/links.py): a call to a cut peer never connects and ends as HttpTimeout at its own
 deadline; a degraded link delays it.
 
+Given a `signer` (peer/http/signing.py), every request is signed: the `x-murmur-*` headers carry
+the caller's name, the time, a fresh nonce, the key id and an HMAC over the request, which the
+other side checks on the calls that change authority or money. A retry on a new connection is
+signed anew (a fresh nonce), so the server's replay memory does not refuse it.
+
 `connect` (an async `(host, port) -> trio.abc.Stream`) replaces `trio.open_tcp_stream`: the
 simulation dials `gossip.simnet.SimNetwork.connect` with it, and any trio stream will do.
 """
@@ -42,6 +47,7 @@ from peer.http.wire import MAX_ANSWER, AnswerReader, BadAnswer
 
 if TYPE_CHECKING:
     from peer.faults.links import LinkFilter
+    from peer.http.signing import Signer
 
 __all__ = ["MAX_ANSWER", "Answer", "HttpClient", "HttpError", "HttpTimeout", "path"]
 
@@ -128,7 +134,8 @@ class HttpClient:
 
     def __init__(self, base_url: str, *, max_connections: int = 8, timeout: float = 5.0,
                  links: LinkFilter | None = None, sender: str | None = None,
-                 connect: Callable[[str, int], Awaitable[trio.abc.Stream]] | None = None) -> None:
+                 connect: Callable[[str, int], Awaitable[trio.abc.Stream]] | None = None,
+                 signer: Signer | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"need an http://host:port URL, not {base_url!r}")
@@ -140,7 +147,12 @@ class HttpClient:
         self.links = links
         if sender is not None and not _SENDER.fullmatch(sender):
             raise ValueError(f"sender must be a peer name in printable ASCII, not {sender[:80]!r}")
-        self._sender_header = b"" if sender is None else b"%s: %s\r\n" % (PEER_HEADER.encode(), sender.encode())
+        if signer is not None and sender is not None and sender != signer.name:
+            raise ValueError(f"sender {sender!r} is not the signer's name {signer.name!r}")
+        self.signer = signer
+        # A signer names the caller in its own headers: the sender header is not sent twice.
+        self._sender_header = (b"" if sender is None or signer is not None
+                               else b"%s: %s\r\n" % (PEER_HEADER.encode(), sender.encode()))
         self._open_stream = connect or trio.open_tcp_stream
         self._idle: list[_Conn] = []
         self._slots = trio.Semaphore(max_connections)
@@ -177,7 +189,7 @@ class HttpClient:
                       timeout: float | None = None) -> Answer:  # noqa: ASYNC109
         if self._closed:
             raise HttpError("client is closed")
-        data = self._encode(method, path, json)
+        target, body = self._target(path), self._body(json)
         with trio.move_on_after(self.timeout if timeout is None else timeout) as scope:
             if self.links:
                 blocked, delay = self.links.http((self.host, self.port), time.time())
@@ -187,31 +199,43 @@ class HttpClient:
                 if delay > 0:
                     await trio.sleep(delay)
             async with self._slots:
-                return await self._exchange(data, method == "HEAD")
+                return await self._exchange(lambda: self._encode(method, target, body), method == "HEAD")
         assert scope.cancelled_caught
         limit = self.timeout if timeout is None else timeout
         raise HttpTimeout(f"{method} {self.base_url}{path}: no answer within {limit} s")
 
-    def _encode(self, method: str, target: str, json: Any) -> bytes:
+    @staticmethod
+    def _target(target: str) -> str:
         if not _TARGET.fullmatch(target):
             raise ValueError("request target must be a path in printable ASCII "
                              f"(build it with path()): {target[:80]!r}")
-        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s" % (method.encode(), target.encode(),
-                                                        self._host_header, self._sender_header)
-        if json is None:
+        return target
+
+    @staticmethod
+    def _body(json: Any) -> bytes | None:
+        return None if json is None else jsonlib.dumps(json, separators=(",", ":")).encode()
+
+    def _encode(self, method: str, target: str, body: bytes | None) -> bytes:
+        signed = b""
+        if self.signer is not None:
+            headers = self.signer.headers(method, target, body or b"")
+            signed = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items())
+        head = b"%s %s HTTP/1.1\r\nhost: %s\r\n%s%s" % (method.encode(), target.encode(),
+                                                          self._host_header, self._sender_header, signed)
+        if body is None:
             if method in ("POST", "PUT"):
                 return head + b"content-length: 0\r\n\r\n"
             return head + b"\r\n"
-        body = jsonlib.dumps(json, separators=(",", ":")).encode()
         return head + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
             len(body), body)
 
-    async def _exchange(self, data: bytes, head_only: bool) -> Answer:
+    async def _exchange(self, encode: Callable[[], bytes], head_only: bool) -> Answer:
         for attempt in (1, 2):
             conn = self._idle.pop() if self._idle else await self._connect()
             conn.answered = False
             try:
-                await conn.stream.send_all(data)
+                # Encoded (and signed) once the connection is there, and again for a retry.
+                await conn.stream.send_all(encode())
                 answer, keep = await conn.read_answer(head_only)
             except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 await self._discard(conn)

@@ -40,6 +40,7 @@ from ledger.exposure import (
 )
 from ledger.store import ApplyFill, RecordFills, Release, Renew, Reserve, validate_fill
 from peer.http import inputs
+from peer.http.guard import Refused, caller, require_name, require_role
 from peer.ledger.service import LedgerService, LedgerUnavailable
 
 # A batch of fills: the exchange's outbox sends 200 at a time; a fill is about 300 bytes, so
@@ -114,7 +115,12 @@ def parse_fills(body: Any) -> RecordFills:
 
 
 async def post_fills(request: Request) -> Response:
-    """One fill object, or {"fills": [...]}: all checked before any is queued."""
+    """One fill object, or {"fills": [...]}: all checked before any is queued. Only the member
+    this ledger takes for the exchange may post fills (a signed call)."""
+    try:
+        require_role(request, await caller(request), "exchange")
+    except Refused as exc:
+        return exc.response
     try:
         op = parse_fills(await _body(request))
     except InvalidInput as exc:
@@ -227,9 +233,17 @@ async def get_symbol_updates(request: Request) -> Response:
 
 async def post_reservation(request: Request) -> Response:
     try:
+        signer = await caller(request)
+    except Refused as exc:
+        return exc.response
+    try:
         req = parse_request(await _body(request))
     except InvalidInput as exc:
         return _invalid(exc)
+    try:
+        require_name(request, signer, req.holder, "holder")
+    except Refused as exc:
+        return exc.response
     try:
         answer = await _service(request).submit(Reserve(req))
     except Refusal as exc:
@@ -282,9 +296,21 @@ def _reservation_op(parse, *, empty_ok: bool = False):
 
     async def handler(request: Request) -> Response:
         try:
+            signer = await caller(request)
+        except Refused as exc:
+            return exc.response
+        try:
             op = parse(_path_reservation(request), await _body(request, empty_ok=empty_ok))
         except InvalidInput as exc:
             return _invalid(exc)
+        if signer is not None and _service(request).store is not None:
+            # Only the reservation's holder may renew, release or apply a fill to it. An unknown
+            # id goes on to the store, which answers 404.
+            found = await _service(request).reservation(op.reservation_id)
+            try:
+                require_name(request, signer, found.holder if found is not None else signer, "holder")
+            except Refused as exc:
+                return exc.response
         return await _submit(request, op)
 
     return handler
