@@ -17,7 +17,11 @@ request body sent chunked is refused with 411, an HTTP/1.1 request without one H
 Limits (fields of `HttpServer`): 64 KiB of head and 100 header fields, 1 MiB of body; 10 s to
 send a whole request, head and body, from its first byte; 75 s idle between requests on a
 kept-alive connection; 10 s to write each answer (a client that stops reading is cut off);
-512 connections at once (one more is answered 503 and closed). An answer whose length differs
+512 connections at once (one more is answered 503 and closed). Per client address
+(peer/http/limits.py, loopback exempt): 64 open connections (one more is answered 429 and
+closed), and the routes the app marks `rate_limited` (the exchange's order entry) at 1,000
+requests a second with bursts of 2,000 (one more is answered 429 with `Retry-After`, and the
+connection stays open). An answer whose length differs
 from the app's own Content-Length is cut short and its connection closed. ASGI lifespan events
 are not sent (murmur's apps have none).
 
@@ -43,6 +47,7 @@ import trio
 
 from gossip.types import Address
 from peer.addresses import http_url
+from peer.http.limits import ClientLimits, LimitsConfig, RoutePatterns
 from peer.http.wire import MAX_BODY, MAX_HEAD, MAX_HEADERS, BadRequest, Request, RequestReader
 from peer.logs import JsonLog
 
@@ -73,18 +78,34 @@ def _reason(status: int) -> bytes:
         return b""
 
 
-def _error_response(status: int, message: str) -> bytes:
-    body = json.dumps({"error": message}).encode()
+def _error_response(status: int, message: str, **extra: Any) -> bytes:
+    body = json.dumps({"error": message, **extra}).encode()
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
         b"connection: close\r\n\r\n%s" % (status, _reason(status), len(body), body)
     )
 
 
+def _rate_limited_response(retry_after: float, rate: float, keep_alive: bool) -> bytes:
+    """429 for a request over its client's rate; the request was read whole, so the connection
+    may carry the next one."""
+    body = json.dumps({"error": f"more than {rate:g} requests a second from this address; "
+                                f"retry in {retry_after:.3f} s",
+                       "limit": "rate", "retry_after": round(retry_after, 3)}).encode()
+    return (
+        b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+        b"retry-after: %d\r\ncontent-length: %d\r\n%s\r\n%s"
+        % (max(1, math.ceil(retry_after)), len(body),
+           b"" if keep_alive else b"connection: close\r\n", body)
+    )
+
+
 class _Connection:
     """One client connection: read a request, run the app, write the answer, repeat."""
 
-    def __init__(self, server: HttpServer, stream: trio.abc.Stream) -> None:
+    def __init__(self, server: HttpServer, stream: trio.abc.Stream,
+                 client: tuple | None = None, local: tuple | None = None,
+                 limit_key: str | None = None) -> None:
         self.server = server
         self.stream = stream
         self.reader = RequestReader()
@@ -95,12 +116,10 @@ class _Connection:
         # When it expires, `phase` tells which limit it was.
         self.scope = trio.CancelScope()
         self.phase = "idle"  # idle | request | app | write
-        sock = getattr(stream, "socket", None)
-        try:
-            self.client = sock.getpeername()[:2] if sock is not None else None
-            self.local = sock.getsockname()[:2] if sock is not None else None
-        except OSError:
-            self.client = self.local = None
+        self.client = client
+        self.local = local
+        # The client's key in the server's per-client limits; None: none apply (loopback).
+        self.limit_key = limit_key
 
     @property
     def busy(self) -> bool:
@@ -186,6 +205,11 @@ class _Connection:
             self.handling = True
             self._until("app", math.inf)
             self.server.stats["requests"] += 1
+            if self.limit_key is not None and not await self._within_rate(req):
+                self.handling = False
+                if not req.keep_alive or self.closing:
+                    return
+                continue
             direct = self.server.direct.get((req.method, req.raw_path)) if not req.query else None
             if direct is not None:
                 keep_alive = await self._run_direct(direct, req)
@@ -194,6 +218,19 @@ class _Connection:
             self.handling = False
             if not keep_alive:
                 return
+
+    async def _within_rate(self, req: Request) -> bool:
+        """False (and the 429 sent) if `req` is a rate-limited route over its client's rate."""
+        server = self.server
+        if not server.rate_limited.match(req.method, req.raw_path.decode("latin-1")):
+            return True
+        wait = server.limits.allow_request(self.limit_key, trio.current_time())
+        if wait is None:
+            return True
+        keep_alive = req.keep_alive and not self.closing
+        await self.send(_rate_limited_response(wait, server.limits.config.rate, keep_alive),
+                        then_app=False)
+        return False
 
     async def _run_direct(self, handler: DirectHandler, req: Request) -> bool:
         """A hot route answered without the ASGI app: the handler gets the body, returns JSON."""
@@ -403,6 +440,10 @@ class HttpServer:
     links: Any = None
     # The wall clock the link filter's rules are judged by (a simulation passes its own).
     clock: Callable[[], float] = time.time
+    # Per client address: open connections, and the rate of the routes the app marks
+    # `rate_limited` (peer/http/limits.py); found in `app.routes` unless given.
+    limits_config: LimitsConfig = field(default_factory=LimitsConfig)
+    rate_limited: RoutePatterns | None = None
     # Open connections, in the order they were accepted: a dict, not a set, so that shutdown
     # cancels them in an order that does not depend on object addresses (a simulation replays it).
     connections: dict[_Connection, None] = field(default_factory=dict)
@@ -413,6 +454,15 @@ class HttpServer:
     )
     _all_closed: trio.Event | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        self.limits = ClientLimits(self.limits_config)
+        # The limits' counters are the server's: one dict in /metrics (murmur_http_*).
+        self.limits.stats = self.stats
+        self.stats.setdefault("rate_limited", 0)
+        self.stats.setdefault("refused_client_connections", 0)
+        if self.rate_limited is None:
+            self.rate_limited = RoutePatterns.of(getattr(self.app, "routes", ()))
+
     async def serve_connection(self, stream: trio.abc.Stream) -> None:
         """Serve one client's connection until it closes (the listener's handler; tests hand in
         memory streams). Over `max_connections`, the client gets 503 and the connection closes."""
@@ -421,9 +471,24 @@ class HttpServer:
             await _refuse(stream, _error_response(
                 503, f"more than {self.max_connections} connections; try again"))
             return
-        conn = _Connection(self, stream)
-        self.connections[conn] = None
-        await conn.run()
+        sock = getattr(stream, "socket", None)
+        try:
+            client = sock.getpeername()[:2] if sock is not None else None
+            local = sock.getsockname()[:2] if sock is not None else None
+        except OSError:
+            client = local = None
+        key = self.limits.key(client[0]) if client else None
+        if not self.limits.open_connection(key):
+            await _refuse(stream, _error_response(
+                429, f"more than {self.limits.config.connections} connections from this address",
+                limit="connections"))
+            return
+        try:
+            conn = _Connection(self, stream, client, local, key)
+            self.connections[conn] = None
+            await conn.run()
+        finally:
+            self.limits.close_connection(key)
 
     def _forget(self, conn: _Connection) -> None:
         self.connections.pop(conn, None)

@@ -234,3 +234,16 @@ async def test_hostile_orders_through_the_direct_route_of_a_real_server(tmp_path
         shutdown.set()
         nursery.cancel_scope.cancel()
     assert service.core.orders == {} and app.state.peer.http_server.stats.get("app_errors", 0) == 0
+
+
+def test_order_entry_and_only_order_entry_is_rate_limited_per_client():
+    """The exchange's public face is what the HTTP server limits per client address; the
+    peer-to-peer routes (quotes, authority) and the reads are not (docs/security.md)."""
+    from peer.http.limits import RoutePatterns
+
+    patterns = RoutePatterns.of(exchange_routes())
+    assert patterns.match("POST", "/orders") and patterns.match("DELETE", "/orders/o-1")
+    for method, path in [("PUT", "/quotes/MSFT"), ("DELETE", "/quotes/MSFT"), ("GET", "/fills"),
+                         ("POST", "/authority/MSFT/claim"), ("POST", "/authority/MSFT/renew"),
+                         ("GET", "/prices"), ("GET", "/book/MSFT")]:
+        assert not patterns.match(method, path), (method, path)

@@ -15,7 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from peer.http.limits import LimitsConfig, rate_limited
 from peer.http.server import REQUEST_TIMEOUT, WRITE_TIMEOUT, HttpServer
+from peer.tools.processes import poll_until
 from tests.peer.http.h11_wire import RawClient
 
 # --- the app under test --------------------------------------------------------------------------
@@ -285,6 +287,74 @@ async def test_server_over_its_connection_cap_answers_503_and_closes():
         assert server.stats["refused_over_cap"] == 1 and len(server.connections) == 1
         await first.send(b"GET /echo/3 HTTP/1.1\r\nHost: t\r\n\r\n")
         assert (await first.reply()).status == 200  # the one it holds is untouched
+        shutdown.set()
+
+
+def limited_app() -> Starlette:
+    """The test app with `/echo/...` POSTs and the direct `/direct` route marked rate-limited."""
+    app = make_app()
+    app.router.routes[:0] = [rate_limited(Route("/echo/{rest:path}", echo, methods=["POST"])),
+                             rate_limited(Route("/direct", echo, methods=["POST"]))]
+    return app
+
+
+# Loopback is exempt by default; these tests' client is on 127.0.0.1, so they limit it by name.
+STRICT = {"exempt": (), "rate": 0.001}
+
+
+async def test_a_client_over_its_rate_gets_429_json_naming_the_limit_and_keeps_its_connection():
+    async with trio.open_nursery() as nursery:
+        server, port, shutdown = await start_server(
+            nursery, limited_app(), limits_config=LimitsConfig(burst=2, **STRICT))
+        c = await connect(port)
+        post = b"POST /direct HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx"
+        for _ in range(2):
+            await c.send(post)
+            assert (await c.reply("POST")).status == 201  # the direct handler answers
+        await c.send(post)
+        reply = await c.reply("POST")
+        assert reply.status == 429 and int(reply.headers["retry-after"]) >= 1
+        answer = json.loads(reply.body)
+        assert answer["limit"] == "rate" and answer["retry_after"] > 0 and "requests a second" in answer["error"]
+        await c.send(b"POST /echo/x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        assert (await c.reply("POST")).status == 429  # the app's marked route shares the bucket
+        await c.send(b"GET /echo/read HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await c.reply()).status == 200  # unmarked routes, same connection: untouched
+        assert server.stats["rate_limited"] == 2 and server.stats["requests"] == 5
+        shutdown.set()
+
+
+async def test_a_client_on_loopback_is_not_rate_limited_by_default():
+    async with trio.open_nursery() as nursery:
+        server, port, shutdown = await start_server(
+            nursery, limited_app(), limits_config=LimitsConfig(rate=0.001, burst=1))
+        c = await connect(port)
+        for i in range(5):
+            await c.send(b"POST /direct HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\n%d" % i)
+            assert (await c.reply("POST")).status == 201
+        assert server.stats["rate_limited"] == 0
+        shutdown.set()
+
+
+async def test_a_client_over_its_connection_cap_gets_429_and_its_place_comes_back_on_close():
+    async with trio.open_nursery() as nursery:
+        server, port, shutdown = await start_server(
+            nursery, limits_config=LimitsConfig(connections=1, **STRICT))
+        first = await connect(port)
+        await first.send(b"GET /echo/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await first.reply()).status == 200
+        second = await connect(port)
+        await second.send(b"GET /echo/2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        reply = await second.reply()
+        assert reply.status == 429 and reply.headers["connection"] == "close"
+        assert json.loads(reply.body)["limit"] == "connections"
+        assert await second.closed()
+        assert server.stats["refused_client_connections"] == 1
+        await first.stream.aclose()
+        await poll_until(lambda: not server.connections, 5.0, "the first connection forgotten")
+        third = await connect(port)
+        await third.send(b"GET /echo/3 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await third.reply()).status == 200
         shutdown.set()
 
 
