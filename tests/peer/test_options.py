@@ -62,3 +62,11 @@ def test_launch_differs_from_a_peer_only_where_a_flag_says_so_with_a_reason():
 
 def test_every_role_group_of_a_peer_is_passed_on_by_launch():
     assert groups_of(LaunchOptions) == groups_of(PeerOptions)
+
+
+def test_a_peers_http_api_listens_on_loopback_unless_an_address_is_given():
+    """docs/security.md, "What binds where": reads are open to whoever reaches the address, so
+    the default reaches nobody else; `murmur launch` (one machine) keeps it."""
+    fields = {f.name: f for f in dataclasses.fields(PeerOptions)}
+    assert fields["http"].default[0] == "127.0.0.1"
+    assert fields["bind"].default[0] == "127.0.0.1"
