@@ -38,7 +38,7 @@ import httpx
 import trio
 from _realcluster import BENCH, PYTHON, ROOT, _die_with_parent
 
-from peer.tools.processes import kill_hard, pid_alive
+from peer.tools.processes import kill_hard, pid_alive, shared_key_file
 
 
 def free_port() -> int:
@@ -62,7 +62,8 @@ def free_port() -> int:
 def argv_for(kind: str, name: str, d: Path, bind: str, seed: str | None) -> list[str]:
     if kind == "murmur":
         argv = [PYTHON, "-m", "peer.cli", "peer", "--role", "mm", "--name", name, "--bind", bind,
-                "--http", "127.0.0.1:0", "--data-dir", str(d), "--profile", "lan", "--quiet"]
+                "--http", "127.0.0.1:0", "--data-dir", str(d), "--profile", "lan", "--quiet",
+                "--key-file", str(shared_key_file(d.parent))]  # sealed, as a peer runs
         return argv + (["--join", seed] if seed else [])
     argv = [PYTHON, str(BENCH / "kinship_node.py"), "--name", name, "--dir", str(d), "--bind", bind,
             "--profile", "lan"]

@@ -350,7 +350,7 @@ def run_join(base: Path, args) -> dict[str, Any]:
         d = c.data_dir / newcomer
         argv = [sys.executable, "-m", "peer.cli", "peer", "--role", "mm", "--name", newcomer, "--join", seed_gossip,
                 "--data-dir", str(d), "--profile", args.profile, "--lease", str(args.lease), "--quiet",
-                "--http", "127.0.0.1:0", "--bind", "127.0.0.1:0"]
+                "--http", "127.0.0.1:0", "--bind", "127.0.0.1:0", "--key-file", str(c.data_dir / "cluster.key")]
         for i in range(args.join_trials):
             ok, waited, held_before = c.wait_quoted_by(before, args.bound)
             if not ok:

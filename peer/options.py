@@ -294,6 +294,21 @@ class PeerOptions:
         metavar="FILE",
         default_text="none: every /admin request is answered 401",
     )
+    key_file: Path | None = option(
+        None,
+        "the cluster's keyring (`murmur keygen`, or the cluster.key `murmur launch` writes, mode "
+        "0600): every gossip packet and push-pull is sealed with its primary key, and what does "
+        "not open under one of its keys is dropped; keys never go on the command line",
+        parse=Path,
+        metavar="FILE",
+        default_text="$MURMUR_KEY_FILE; with neither, the peer refuses to start unless --insecure",
+    )
+    insecure: bool = option(
+        False,
+        "run without a key: gossip in plaintext, calls between peers unsigned (anyone on the "
+        "network can join or forge members); announced in the log and in /status",
+        kind="switch",
+    )
     # Seconds a stop may take before the process exits hard; None for peers run in-process.
     stop_watchdog: float | None = STOP_WATCHDOG
     exchange: ExchangeOptions = group(ExchangeOptions)

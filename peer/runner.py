@@ -53,6 +53,30 @@ def write_peer_file(data_dir: Path, info: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class NoKey(RuntimeError):
+    """Neither a key file nor --insecure: a peer does not start in plaintext by accident."""
+
+
+def key_file_of(opts: PeerOptions, environ: dict[str, str] | None = None) -> Path | None:
+    """The key file a peer runs with: --key-file, else $MURMUR_KEY_FILE; None with --insecure.
+
+    Raises NoKey when there is neither, or when --insecure comes with a key file.
+    """
+    from gossip.keyring import KEY_FILE_ENV
+
+    env = os.environ if environ is None else environ
+    path = opts.key_file or (Path(env[KEY_FILE_ENV]) if env.get(KEY_FILE_ENV) else None)
+    if opts.insecure:
+        if opts.key_file is not None:
+            raise NoKey("--insecure and --key-file together: choose one")
+        return None
+    if path is None:
+        raise NoKey(f"no cluster key: give --key-file FILE (or set {KEY_FILE_ENV}); `murmur keygen > FILE` "
+                    "makes one, `murmur launch` writes <data-dir>/cluster.key; --insecure runs in "
+                    "plaintext, where anyone on the network can join or forge members")
+    return path
+
+
 def read_peer_file(data_dir: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((Path(data_dir) / PEER_FILE).read_text())
@@ -92,6 +116,15 @@ async def _run_peer(
     if opts.role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {opts.role!r}")
     config = profile(opts.profile, **opts.overrides)
+    # The keyring is read before anything is bound: a missing or broken key file stops the start.
+    key_file = key_file_of(opts)
+    keyring = None
+    if key_file is not None:
+        from gossip.keyring import Keyring
+        from gossip.sealed import sealed_config
+
+        keyring = await trio.to_thread.run_sync(Keyring.load, key_file)
+        config = sealed_config(config)
     store = IdentityStore(data_dir)
     identity = store.start(opts.name, prefix=opts.role)
     name = identity.name
@@ -115,7 +148,14 @@ async def _run_peer(
         profile=config.name,
         clock_offset=time.time() - trio.current_time(),
         roles=RoleDirectory(log, me=(opts.role, name)),
+        keyring=keyring,
+        key_file=key_file,
     )
+    if keyring is None:
+        log("insecure", sealed=False, signed=False,
+            warning="--insecure: gossip in plaintext and calls between peers unsigned")
+    else:
+        log("sealed", key_file=str(key_file), **keyring.describe())
 
     view_listeners: list = []  # called on every membership event (the market maker's assignment)
 
@@ -138,6 +178,13 @@ async def _run_peer(
                 transport = UdpTransport(opts.bind, stream_timeout=config.stream_timeout, links=links)
                 gossip_addr = await nursery.start(transport.run)
                 handle.transport = transport
+                gossip_transport = transport
+                if keyring is not None:
+                    from gossip.sealed import SealedTransport
+
+                    # The node sees only what opened under the keyring (gossip/sealed.py).
+                    gossip_transport = SealedTransport(transport, keyring, opts.cluster)
+                    handle.stat_sources.append(("murmur", lambda: gossip_transport.stats))
 
                 extra_routes, exchange, ledger = [], None, None
                 if opts.role == "exchange":
@@ -174,7 +221,7 @@ async def _run_peer(
                 meta = {"role": opts.role, "http": handle.http_url, "version": PROTOCOL_VERSION}
                 seeds = [a for a in opts.join if a != gossip_addr]
                 node = GossipNode(
-                    transport,
+                    gossip_transport,
                     config,
                     name,
                     identity.incarnation,
@@ -218,6 +265,7 @@ async def _run_peer(
                     profile=config.name,
                     seeds=[format_address(s) for s in seeds],
                     discover=opts.discover,
+                    sealed=keyring is not None,
                     data_dir=str(data_dir),
                     pid=os.getpid(),
                 )

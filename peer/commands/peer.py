@@ -57,6 +57,15 @@ def run(args: argparse.Namespace) -> int:
             AuthorityConfig(lease_duration=lease)
         except ValueError as exc:
             raise UsageError(f"--lease {lease:g} is too short for a market maker: {exc}") from None
+    from gossip.keyring import Keyring, KeyringError
+    from peer.runner import NoKey, key_file_of
+
+    try:
+        key_file = key_file_of(opts)
+        if key_file is not None:
+            Keyring.load(key_file)  # a broken key file is refused here, with its name (never its content)
+    except (NoKey, KeyringError) as exc:
+        raise UsageError(str(exc)) from None
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a peer that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:

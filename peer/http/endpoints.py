@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
@@ -70,6 +71,17 @@ class PeerHandle:
     alarm_sources: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
     # A role's counters for /metrics: (metric prefix, a function returning name -> count).
     stat_sources: list[tuple[str, Callable[[], dict[str, Any]]]] = field(default_factory=list)
+    # The cluster keyring (gossip.keyring.Keyring) this peer seals gossip and signs calls with,
+    # and the file it persists to (/admin/keys writes there); both None with --insecure.
+    keyring: Any = None
+    key_file: Path | None = None
+
+    def security(self) -> dict[str, Any]:
+        """What /status says of sealing: ids only, never a key."""
+        if self.keyring is None:
+            return {"sealed": False, "insecure": True}
+        described = self.keyring.describe()
+        return {"sealed": True, "key_ids": described["ids"], "primary": described["primary"]}
 
     def role_choices(self) -> dict[str, dict[str, Any]]:
         """The exchange and ledger as this peer would choose them now, with any conflict."""
@@ -143,6 +155,7 @@ async def status(request: Request) -> Response:
             "pid": os.getpid(),
             "roles": handle.role_choices(),
             "alarms": handle.alarms(),
+            "security": handle.security(),
         }
     )
 

@@ -51,6 +51,7 @@ from peer.tools.cluster_file import DEFAULT_DATA_DIR, FILE_NAME, write_cluster
 from peer.tools.netns import Lan, create_lan, remove_stale
 
 TOKEN_FILE = "admin.token"
+KEY_FILE = "cluster.key"
 CONTROL_FILE = "launcher.sock"
 # A Unix socket's path is at most 107 bytes on Linux; a deeper data dir gets one in /tmp.
 MAX_SOCKET_PATH = 100
@@ -142,6 +143,8 @@ class LaunchOptions:
     )
     python: str = sys.executable
     discover: bool = passed_on("discover")
+    # Without it, launch writes <data-dir>/cluster.key (once) and gives every peer --key-file.
+    insecure: bool = passed_on("insecure")
     # Passed on: PeerOptions' fields of the same name, with launch's defaults where it has its
     # own (`Flag.launch`: --profile, --flow-rate). A field added to a role group arrives by itself.
     cluster: str = passed_on("cluster")
@@ -192,8 +195,25 @@ def peer_options(
         interfaces=spec.interfaces,
         log_stderr=False,
         admin_token_file=token_path(opts.data_dir),
+        key_file=None if opts.insecure else key_path(opts.data_dir),
         **passed_values(opts),
     )
+
+
+def key_path(data_dir: Path) -> Path:
+    return data_dir.resolve() / KEY_FILE
+
+
+def ensure_cluster_key(data_dir: Path) -> Path:
+    """<data-dir>/cluster.key: kept if there (a relaunch keeps its cluster's key), else a new
+    keyring of one key, mode 0600."""
+    from gossip.keyring import new_key_file
+
+    path = key_path(data_dir)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new_key_file(path)
+    return path
 
 
 def token_path(data_dir: Path) -> Path:
@@ -365,6 +385,7 @@ class Launcher:
             # Where `murmur restart` asks this launcher, and the token /admin endpoints require.
             "control": str(self.control),
             "admin_token_file": str(token_path(self.opts.data_dir)),
+            "key_file": None if self.opts.insecure else str(key_path(self.opts.data_dir)),
             **({"netns": self.lan.to_json()} if self.lan is not None else {}),
             "peers": peers,
         }
@@ -389,6 +410,8 @@ class Launcher:
 
                     nursery.start_soon(on_signal)
                     write_admin_token(self.opts.data_dir)
+                    if not self.opts.insecure:
+                        ensure_cluster_key(self.opts.data_dir)
                     if self.opts.netns:
                         await self.make_lan()
                     await self.start_all()

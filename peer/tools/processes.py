@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
@@ -157,10 +158,39 @@ async def stop_process(
 
 
 def peer_argv(role: str, data_dir: Path, *extra: str, name: str | None = None) -> list[str]:
-    """`murmur peer` with gossip and HTTP on 127.0.0.1 port 0 and the local profile."""
+    """`murmur peer` with gossip and HTTP on 127.0.0.1 port 0 and the local profile, sealed with
+    the key file of the directory that holds `data_dir` (`shared_key_file`), unless `extra`
+    names a --key-file or --insecure."""
+    security = [] if {"--key-file", "--insecure"} & set(extra) else [
+        "--key-file", str(shared_key_path(Path(data_dir).parent))]
     return [*CLI, "peer", "--role", role, "--name", name or role, "--bind", "127.0.0.1:0",
             "--http", "127.0.0.1:0", "--data-dir", str(data_dir), "--profile", "local", "--quiet",
-            *extra]
+            *security, *extra]
+
+
+def shared_key_path(directory: Path) -> Path:
+    return Path(directory) / "cluster.key"
+
+
+def shared_key_file(directory: Path) -> Path:
+    """`directory`/cluster.key, made once: peers whose data directories sit side by side (as a
+    test's tmp_path/a, tmp_path/b) share one cluster key. Safe when several threads race to make
+    it: each writes its own file and links it in; the first link wins. Blocking."""
+    from gossip.keyring import new_key_file
+
+    path = shared_key_path(directory)
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+    new_key_file(tmp)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def spawn_peer(role: str, data_dir: Path, *extra: str, name: str | None = None) -> subprocess.Popen:
@@ -170,6 +200,8 @@ def spawn_peer(role: str, data_dir: Path, *extra: str, name: str | None = None) 
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / PEER_FILE).unlink(missing_ok=True)
+    if not {"--key-file", "--insecure"} & set(extra):
+        shared_key_file(data_dir.parent)
     with open(stderr_path(data_dir), "ab") as err:
         return subprocess.Popen(peer_argv(role, data_dir, *extra, name=name),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)

@@ -10,11 +10,16 @@ import pytest
 import trio
 
 from gossip.config import PROTOCOL_VERSION
+from gossip.keyring import Keyring
 from peer.dirlock import DirectoryInUse
-from peer.runner import PEER_FILE, PeerOptions, run_peer
+from peer.runner import PEER_FILE, NoKey, PeerOptions, key_file_of, run_peer
+from peer.tools.processes import shared_key_file
 
 
 def options(tmp_path, name: str | None, **kw) -> PeerOptions:
+    # Sealed with one key for every peer of the test, as `murmur launch` runs them.
+    if not kw.get("insecure"):
+        kw.setdefault("key_file", shared_key_file(tmp_path))
     return PeerOptions(
         role=kw.pop("role", "mm"),
         name=name,
@@ -82,6 +87,8 @@ async def test_a_peer_serves_its_view_and_reports_where_it_listens(tmp_path):
     assert status["http"] == info["http"]
     assert status["profile"] == "local"
     assert status["members"]["alive"] == 1
+    ring = Keyring.load(opts.key_file)
+    assert status["security"] == {"sealed": True, "key_ids": ring.ids(), "primary": ring.primary_id}
     me = members["mm-1"]
     assert me["state"] == "alive"
     assert me["addr"] == info["gossip"]
@@ -89,7 +96,8 @@ async def test_a_peer_serves_its_view_and_reports_where_it_listens(tmp_path):
     # A clean stop removes peer.json and says so in the log.
     assert not (opts.data_dir / PEER_FILE).exists()
     events = [e["event"] for e in log_events(opts.data_dir / "mm-1.log")]
-    assert events[0] == "member"  # self, alive
+    # It says first that it seals (with which key id, never the key), then its own row.
+    assert events[:2] == ["sealed", "member"]  # self, alive
     assert "peer_started" in events
     assert events[-4:] == ["peer_stopping", "member", "peer_left", "peer_stopped"]
 
@@ -163,17 +171,23 @@ async def test_a_second_peer_on_the_same_data_dir_is_refused_while_the_first_run
     assert again["incarnation"] == info["incarnation"] + 1
 
 
-async def test_a_peer_of_another_cluster_joining_through_a_member_is_never_listed(tmp_path):
+@pytest.mark.parametrize(("insecure", "counter"), [
+    (True, "murmur_gossip_dropped_foreign_cluster_total"),
+    # Sealed, the cluster's name is bound into every seal: another cluster's frames do not open.
+    (False, "murmur_sealed_dropped_auth_failed_total"),
+])
+async def test_a_peer_of_another_cluster_joining_through_a_member_is_never_listed(tmp_path, insecure, counter):
     # Found on real processes: `--cluster other-cluster --join <a member of murmur>` merged at once.
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=2) as client:
-            a, stop_a, done_a = await start(nursery, options(tmp_path, "mm-1"))
-            b, stop_b, done_b = await start(nursery, joining(tmp_path, "mm-2", a))
-            c, stop_c, done_c = await start(nursery, joining(tmp_path, "zz-1", a, cluster="other-cluster"))
+            a, stop_a, done_a = await start(nursery, options(tmp_path, "mm-1", insecure=insecure))
+            b, stop_b, done_b = await start(nursery, joining(tmp_path, "mm-2", a, insecure=insecure))
+            c, stop_c, done_c = await start(nursery, joining(tmp_path, "zz-1", a, cluster="other-cluster",
+                                                             insecure=insecure))
 
             async def dropped():
                 text = (await client.get(f"{a['http']}/metrics")).text
-                return "murmur_gossip_dropped_foreign_cluster_total" in text
+                return counter in text and f"{counter} 0.0" not in text
 
             await wait_for(dropped)
             await wait_for(lambda: _both_see(client, a, b))
@@ -216,3 +230,31 @@ async def test_a_peer_whose_identity_holds_an_incarnation_past_the_wire_bound_st
     events = log_events(b_opts.data_dir / "mm-3.log")
     assert any(e["event"] == "identity_incarnation_clamped" for e in events)
     assert json.loads((b_opts.data_dir / "identity.json").read_text())["incarnation"] == HEADROOM_FLOOR
+
+
+async def test_a_peer_with_neither_key_nor_insecure_refuses_to_start(tmp_path, monkeypatch):
+    monkeypatch.delenv("MURMUR_KEY_FILE", raising=False)
+    with pytest.raises(NoKey, match="--insecure"):
+        await run_peer(options(tmp_path, "mm-1", key_file=None))
+    with pytest.raises(NoKey, match="together"):
+        await run_peer(options(tmp_path, "mm-1", insecure=True, key_file=tmp_path / "k"))
+
+
+def test_the_key_file_comes_from_the_flag_then_the_environment(tmp_path):
+    env = {"MURMUR_KEY_FILE": str(tmp_path / "env.key")}
+    assert key_file_of(options(tmp_path, "a", key_file=tmp_path / "flag.key"), env) == tmp_path / "flag.key"
+    assert key_file_of(options(tmp_path, "a", key_file=None), env) == tmp_path / "env.key"
+    assert key_file_of(options(tmp_path, "a", insecure=True), env) is None
+
+
+async def test_an_insecure_peer_says_so_in_its_log_and_status(tmp_path):
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=2) as client:
+            opts = options(tmp_path, "mm-1", insecure=True)
+            info, stop, done = await start(nursery, opts)
+            status = (await client.get(f"{info['http']}/status")).json()
+            assert status["security"] == {"sealed": False, "insecure": True}
+            stop.set()
+            await done.wait()
+    lines = log_events(opts.data_dir / "mm-1.log")
+    assert lines[0]["event"] == "insecure" and lines[0]["sealed"] is False

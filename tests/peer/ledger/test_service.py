@@ -128,7 +128,7 @@ async def test_a_ledger_peer_serves_the_ledger_api_and_its_limit(tmp_path):
     from peer.runner import PeerOptions, run_peer
 
     opts = PeerOptions(role="ledger", name="ledger", bind=("127.0.0.1", 0), data_dir=tmp_path, profile="local",
-                       log_stderr=False, stop_watchdog=None, ledger=LedgerOptions(exposure_limit=7))
+                       log_stderr=False, stop_watchdog=None, ledger=LedgerOptions(exposure_limit=7), insecure=True)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             info = await nursery.start(partial(run_peer, opts))

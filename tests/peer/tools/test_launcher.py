@@ -96,3 +96,29 @@ async def test_the_control_socket_answers_malformed_requests_with_an_error_and_c
         answer = await launcher._control_answer(raw)
         assert answer["ok"] is False and answer["error"], raw[:40]
     assert launcher.children == []  # nothing was started or stopped
+
+
+def test_every_launched_peer_is_given_the_clusters_key_file_and_never_a_key(tmp_path: Path):
+    opts = from_args(LaunchOptions, build_parser().parse_args(["launch", "--data-dir", str(tmp_path)]))
+    for spec in peer_specs(opts):
+        argv = peer_argv(opts, spec, ("127.0.0.1", 1), ("127.0.0.1", 2), [])
+        assert argv[argv.index("--key-file") + 1] == str(tmp_path.resolve() / "cluster.key")
+        assert "--insecure" not in argv
+
+
+def test_launch_insecure_passes_insecure_and_no_key_file(tmp_path: Path):
+    opts = from_args(LaunchOptions, build_parser().parse_args(["launch", "--data-dir", str(tmp_path), "--insecure"]))
+    for spec in peer_specs(opts):
+        argv = peer_argv(opts, spec, ("127.0.0.1", 1), ("127.0.0.1", 2), [])
+        assert "--insecure" in argv and "--key-file" not in argv
+        assert from_args(PeerOptions, build_parser().parse_args(argv[3:])).insecure
+
+
+def test_the_cluster_key_is_written_once_with_mode_0600(tmp_path: Path):
+    from gossip.keyring import Keyring
+    from peer.tools.launcher import ensure_cluster_key
+
+    path = ensure_cluster_key(tmp_path)
+    assert path == tmp_path.resolve() / "cluster.key" and path.stat().st_mode & 0o777 == 0o600
+    first = Keyring.load(path).ids()
+    assert ensure_cluster_key(tmp_path) == path and Keyring.load(path).ids() == first  # a relaunch keeps it
