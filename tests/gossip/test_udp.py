@@ -8,6 +8,8 @@ from functools import partial
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gossip.transport import MAX_PACKET, MAX_STREAM, TransportError
 from gossip.udp import UdpTransport
@@ -213,3 +215,53 @@ async def test_oversize_response_raises_transport_error(nursery):
 async def _oversize_responder(stream: trio.SocketStream) -> None:
     await stream.receive_some(100)
     await stream.send_all(struct.pack(">I", MAX_STREAM + 1))
+
+
+# --- the push-pull stream's framing, fuzzed -------------------------------------------------------
+
+class _Chunks(trio.abc.ReceiveStream):
+    """Hands out `data` in the given chunk sizes, then end of stream; records what was asked for."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self.data, self.sizes, self.asked = data, sizes, []
+
+    async def receive_some(self, max_bytes=None):
+        await trio.lowlevel.checkpoint()
+        self.asked.append(max_bytes)
+        size = self.sizes.pop(0) if self.sizes else len(self.data)
+        n = max(1, min(size, max_bytes or size))
+        chunk, self.data = self.data[:n], self.data[n:]
+        return chunk
+
+    async def aclose(self):
+        pass
+
+
+def _frame(data: bytes, sizes: list[int]):
+    from gossip.udp import _FrameError, _receive_frame
+
+    stream = _Chunks(data, sizes)
+    try:
+        return trio.run(_receive_frame, stream), stream
+    except _FrameError as exc:
+        return exc, stream
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.lists(st.integers(1, 80), max_size=10))
+def test_stream_framing_on_any_bytes_cut_anywhere_gives_the_frame_or_a_frame_error(data, sizes):
+    result, stream = _frame(data, sizes)
+    if isinstance(result, bytes):
+        (length,) = struct.unpack(">I", data[:4])
+        assert result == data[4:4 + length]
+    else:
+        assert len(data) < 4 or struct.unpack(">I", data[:4])[0] > len(data) - 4 or result.oversize
+    # Never asks for more than the header, then the frame: nothing past MAX_STREAM is buffered.
+    assert all(n is not None and n <= MAX_STREAM for n in stream.asked)
+
+
+@given(st.integers(MAX_STREAM + 1, 2**32 - 1), st.binary(max_size=32))
+def test_a_declared_length_past_max_stream_is_refused_before_any_of_it_is_read(length, rest):
+    result, stream = _frame(struct.pack(">I", length) + rest, [])
+    assert not isinstance(result, bytes) and result.oversize
+    assert stream.data == rest  # the body was never read
