@@ -203,7 +203,9 @@ async def _run_peer(
                     extra_routes = mm_routes()
 
                 http_stop = trio.Event()
-                app = create_app(handle, [*extra_routes, *admin_routes()])
+                from peer.http.keys import key_routes
+
+                app = create_app(handle, [*extra_routes, *admin_routes(), *key_routes()])
                 app.state.admin = admin
                 await nursery.start(admin.run)
                 app.state.exchange = exchange

@@ -9,5 +9,5 @@ from __future__ import annotations
 
 COMMANDS = (
     "peer", "launch", "members", "top", "sim", "tape", "flow", "check",
-    "partition", "heal", "freeze", "thaw", "kill", "restart",
+    "partition", "heal", "freeze", "thaw", "kill", "restart", "keygen", "keys",
 )

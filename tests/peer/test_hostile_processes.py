@@ -16,7 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gossip.config import PROTOCOL_VERSION, profile
+from gossip.keyring import Keyring
 from gossip.node import GossipNode
+from gossip.sealed import SealedTransport, sealed_config
 from gossip.udp import UdpTransport
 from peer.addresses import parse_address
 from peer.http.endpoints import serve_http
@@ -46,7 +48,10 @@ async def test_a_member_that_claims_the_ledger_role_gets_nothing_and_is_shown_as
         fake_url = await nursery.start(partial_serve(app))
         transport = UdpTransport(("127.0.0.1", 0))
         await nursery.start(transport.run)
-        node = GossipNode(transport, profile(cluster.info["profile"]), "aaa-ledger",
+        # A member: it holds the cluster key (members are trusted with their own names, not roles).
+        ring = Keyring.load(cluster.info["key_file"])
+        node = GossipNode(SealedTransport(transport, ring, cluster.info["cluster"]),
+                          sealed_config(profile(cluster.info["profile"])), "aaa-ledger",
                           meta={"role": "ledger", "http": fake_url, "version": PROTOCOL_VERSION},
                           seeds=[parse_address(exchange["gossip"])])
         await nursery.start(node.run)
