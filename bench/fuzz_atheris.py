@@ -226,6 +226,9 @@ def main() -> None:
         run_target(args.target, rest)
         return
     args.artifacts.mkdir(parents=True, exist_ok=True)
+    print(f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"{platform.platform()}, {datetime.datetime.now().isoformat(timespec='seconds')}, "
+          f"load {os.getloadavg()[0]:.2f}; {args.seconds} s a target, rss cap {args.rss_mb} MB", flush=True)
     rows = []
     for name in args.targets.split(","):
         with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as corpus:
@@ -256,6 +259,7 @@ def main() -> None:
               f"({os.cpu_count()} cores, Python {platform.python_version()})\n")
     out.write_text(header + "\n".join(json.dumps(r) for r in rows) + "\n")
     print(f"written to {out}")
+    print(json.dumps({"fuzz_atheris": rows}))
 
 
 if __name__ == "__main__":
