@@ -11,8 +11,16 @@ Invariant 1 lives here: on accepting a claim with a new epoch, every quote of an
 withdrawn in the same step, and every quote operation is fenced by (holder, epoch, seq), so quotes
 of at most one epoch are ever live for a symbol (`check_invariants`).
 
-It must never do I/O, sleep, read a clock or draw randomness; the membership verdict a claim
-needs ("is the current holder alive in my view?") is an argument too.
+Invariant 4 is enforced here too, when the shell hands a quote its reservation's `grant`: the
+terms the ledger signed (reservation_id, quote_id, holder, symbol, reserved bid and ask
+quantities, expires_at), which the shell verified (peer/http/signing.py) before the command was
+run or taped. A quote must match its grant, stay within its quantities, and ends no later than
+its expires_at. A quote with no grant (an insecure cluster, where nothing can be verified) is
+taken as before.
+
+It must never do I/O, sleep, read a clock or draw randomness, nor verify a signature; the
+membership verdict a claim needs ("is the current holder alive in my view?") is an argument too,
+and so are a grant's verified terms.
 """
 
 from __future__ import annotations
@@ -44,6 +52,23 @@ def _str(args: dict, name: str, *, optional: bool = False) -> str | None:
     if v is None and optional:
         return None
     return bounds.ident(v, name, error=CommandError)
+
+
+GRANT_TERMS = ("reservation_id", "quote_id", "holder", "symbol", "bid_quantity", "ask_quantity", "expires_at")
+
+
+def _grant(grant: Any) -> dict | None:
+    """A grant's verified terms, checked for shape (the tape replays them as they came)."""
+    if grant is None:
+        return None
+    if not isinstance(grant, dict) or set(grant) != set(GRANT_TERMS):
+        raise CommandError("grant", f"must be an object of exactly {', '.join(GRANT_TERMS)}")
+    for name in ("reservation_id", "quote_id", "holder", "symbol"):
+        bounds.ident(grant[name], f"grant.{name}", error=CommandError)
+    for name in ("bid_quantity", "ask_quantity"):
+        bounds.quantity(grant[name], f"grant.{name}", minimum=0, error=CommandError)
+    bounds.seconds(grant["expires_at"], "grant.expires_at", error=CommandError)
+    return grant
 
 
 def _answer(accepted: bool, reason: str, **data: Any) -> dict[str, Any]:
@@ -178,7 +203,8 @@ class ExchangeCore:
 
     def put_quote(self, *, now: float, symbol: Any = None, holder: Any = None, epoch: Any = None,
                   seq: Any = None, quote_id: Any = None, bid_price: Any = None, bid_quantity: Any = None,
-                  ask_price: Any = None, ask_quantity: Any = None, reservation_id: Any = None) -> dict:
+                  ask_price: Any = None, ask_quantity: Any = None, reservation_id: Any = None,
+                  grant: Any = None) -> dict:
         symbol, holder, epoch = self._fence_args(symbol, holder, epoch)
         seq = _int({"seq": seq}, "seq")
         quote_id = _str({"quote_id": quote_id}, "quote_id")
@@ -190,19 +216,28 @@ class ExchangeCore:
         if bp >= ap:
             raise CommandError("ask_price", "must be above bid_price")
         reservation_id = _str({"reservation_id": reservation_id}, "reservation_id", optional=True)
-        fingerprint = (epoch, seq, holder, quote_id, bp, bq, ap, aq, reservation_id)
+        grant = _grant(grant)
+        fingerprint = (epoch, seq, holder, quote_id, bp, bq, ap, aq, reservation_id,
+                       None if grant is None else grant["expires_at"])
         retry = self._retry(symbol, "put", fingerprint)
         if retry is not None:
             return retry
         decision = self.authority.check_quote_op(symbol, holder, epoch, seq, now)
         if not decision:
             return _answer(False, decision.reason, authority=self.authority[symbol].to_json(now))
+        expires_at = now + self.quote_ttl
+        if grant is not None:
+            refused = self._outside_grant(grant, symbol, holder, quote_id, reservation_id, bq, aq, now)
+            if refused is not None:
+                return refused
+            # A quote never outlives its reservation: it ends at the grant's expiry at the latest.
+            expires_at = min(expires_at, grant["expires_at"])
         active = self.active_quotes.get(symbol)
         if active is not None and active.quote_id == quote_id:
             if not active.same_terms(bp, bq, ap, aq):
                 return _answer(False, "quote-id-reused", detail="a replace needs a new quote_id")
             # A refresh: same quote, same terms, a new TTL; the legs keep their time priority.
-            active.expires_at = now + self.quote_ttl
+            active.expires_at = expires_at
             active.seq = seq
             for leg in active.legs:
                 leg.expires_at = active.expires_at
@@ -213,7 +248,7 @@ class ExchangeCore:
         replaced = None
         if active is not None:
             replaced = self._end_quote(active, QuoteState.REPLACED, f"replaced-by-{quote_id}")
-        quote = Quote(quote_id, symbol, holder, epoch, seq, bp, bq, ap, aq, reservation_id, now, now + self.quote_ttl)
+        quote = Quote(quote_id, symbol, holder, epoch, seq, bp, bq, ap, aq, reservation_id, now, expires_at)
         self.quotes[quote_id] = quote
         self.active_quotes[symbol] = quote
         self.authority.accept_seq(symbol, seq)
@@ -304,6 +339,21 @@ class ExchangeCore:
         holder = _str({"holder": holder}, "holder")
         epoch = _int({"epoch": epoch}, "epoch")
         return symbol, holder, epoch
+
+    @staticmethod
+    def _outside_grant(grant: dict, symbol: str, holder: str, quote_id: str, reservation_id: str | None,
+                       bq: int, aq: int, now: float) -> dict | None:
+        """Why a quote does not fit its reservation's grant (an answer), or None if it does."""
+        mine = {"reservation_id": reservation_id, "quote_id": quote_id, "holder": holder, "symbol": symbol}
+        wrong = sorted(k for k, v in mine.items() if grant[k] != v)
+        if wrong:
+            return _answer(False, "grant-mismatch", detail=f"the grant is for another {', '.join(wrong)}")
+        if bq > grant["bid_quantity"] or aq > grant["ask_quantity"]:
+            return _answer(False, "beyond-grant",
+                           detail=f"quote {bq}/{aq}, granted {grant['bid_quantity']}/{grant['ask_quantity']}")
+        if now >= grant["expires_at"]:
+            return _answer(False, "grant-expired", detail="the reservation's grant has expired")
+        return None
 
     def _retry(self, symbol: str, op: str, fingerprint: tuple) -> dict | None:
         # The same request again (a client retry after a timeout): the same answer, no change.

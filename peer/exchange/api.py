@@ -28,7 +28,7 @@ from starlette.routing import Route
 from book.exchange import CommandError
 from peer.exchange.service import ExchangeService
 from peer.http import inputs
-from peer.http.guard import Refused, caller, require_name
+from peer.http.guard import Refused, caller, guard_of, require_name
 from peer.http.limits import rate_limited
 
 MAX_BODY = 64 * 1024
@@ -88,7 +88,7 @@ async def _command(service: ExchangeService, kind: str, args: dict[str, Any], ok
 _ORDER_FIELDS = ("order_id", "symbol", "side", "quantity", "type", "limit_price")
 _ORDER_REQUIRED = _ORDER_FIELDS[:4]
 _QUOTE_FIELDS = ("holder", "epoch", "seq", "quote_id", "bid_price", "bid_quantity", "ask_price", "ask_quantity",
-                 "reservation_id")
+                 "reservation_id", "grant")
 _CANCEL_QUOTE_FIELDS = ("holder", "epoch", "seq")
 _AUTHORITY_FIELDS = ("holder", "epoch")
 
@@ -122,7 +122,18 @@ async def delete_order(request: Request) -> Response:
     return await _run(request, "cancel_order", {"order_id": request.path_params["order_id"]})
 
 
-def _symbol_command(kind: str, allowed: tuple[str, ...], required: tuple[str, ...]):
+def _quote_grant(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """A quote's `grant`: verified and handed to the core as its terms (the core checks the quote
+    against them). With a keyring a quote without a valid grant is refused (403); without one
+    (insecure) nothing can be verified, and a grant is ignored."""
+    grant = body.pop("grant", None)
+    guard = guard_of(request)
+    if guard is None:
+        return body
+    return {**body, "grant": guard.verify_grant(grant).to_json()}
+
+
+def _symbol_command(kind: str, allowed: tuple[str, ...], required: tuple[str, ...], prepare=None):
     """A command on the symbol in the path (`PUT /quotes/{symbol}`, `POST
     /authority/{symbol}/claim`, ...): the body holds the command's other arguments. Only a
     member may call it (a signed call, peer/http/guard.py), and only for itself: the body's
@@ -142,6 +153,8 @@ def _symbol_command(kind: str, allowed: tuple[str, ...], required: tuple[str, ..
             return _refused(exc)
         try:
             require_name(request, signer, body.get("holder"), "holder")
+            if prepare is not None:
+                body = prepare(request, body)
         except Refused as exc:
             return exc.response
         return await _run(request, kind, {**body, "symbol": symbol})
@@ -149,7 +162,7 @@ def _symbol_command(kind: str, allowed: tuple[str, ...], required: tuple[str, ..
     return handler
 
 
-put_quote = _symbol_command("put_quote", _QUOTE_FIELDS, _QUOTE_FIELDS[:-1])
+put_quote = _symbol_command("put_quote", _QUOTE_FIELDS, _QUOTE_FIELDS[:-2], prepare=_quote_grant)
 delete_quote = _symbol_command("cancel_quote", _CANCEL_QUOTE_FIELDS, _CANCEL_QUOTE_FIELDS)
 claim = _symbol_command("claim", _AUTHORITY_FIELDS, _AUTHORITY_FIELDS)
 renew = _symbol_command("renew", _AUTHORITY_FIELDS, _AUTHORITY_FIELDS)

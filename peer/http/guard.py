@@ -17,6 +17,7 @@ refusal is counted, and its reason is the only thing said about it.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,7 +26,19 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from peer.http.signing import REASONS, SIGNATURE, SignatureError, Verifier, header_map
+from gossip.keyring import Keyring
+from peer.http.signing import (
+    REASONS,
+    SIGNATURE,
+    Grant,
+    GrantError,
+    GrantSigner,
+    GrantVerifier,
+    SignatureError,
+    Signer,
+    Verifier,
+    header_map,
+)
 
 
 class Refused(Exception):
@@ -38,14 +51,18 @@ class Refused(Exception):
 
 class Guard:
     """Verifies signed calls for one peer: `clock` is the peer's wall clock (a simulation's own);
-    `role_holder(role)` names the member this peer takes for the exchange or the ledger."""
+    `role_holder(role)` names the member this peer takes for the exchange or the ledger. It also
+    signs (the ledger) and verifies (the exchange) reservation grants under the same keyring."""
 
-    def __init__(self, verifier: Verifier, *, clock: Callable[[], float],
+    def __init__(self, keyring: Keyring, *, clock: Callable[[], float],
                  role_holder: Callable[[str], str | None] = lambda role: None) -> None:
-        self.verifier = verifier
+        self.verifier = Verifier(keyring)
+        self.grant_signer = GrantSigner(keyring)
+        self.grants = GrantVerifier(keyring)
         self.clock = clock
         self.role_holder = role_holder
-        self.stats: Counter[str] = Counter({"signed_ok": 0, "forbidden": 0,
+        self.stats: Counter[str] = Counter({"signed_ok": 0, "forbidden": 0, "grants_signed": 0,
+                                            "grants_verified": 0, "refused_grant": 0,
                                             **{f"refused_{r}": 0 for r in REASONS}})
 
     def counters(self) -> dict[str, int]:
@@ -68,6 +85,28 @@ class Guard:
         self.stats["signed_ok"] += 1
         return name
 
+    def verify_grant(self, grant: Any) -> Grant:
+        """A quote's grant, verified; raises Refused (403, field `grant`)."""
+        try:
+            terms = self.grants.verify(grant)
+        except GrantError as exc:
+            self.stats["refused_grant"] += 1
+            reason = exc.reason if exc.reason.startswith("grant-") else f"grant-{exc.reason.replace('_', '-')}"
+            raise Refused(JSONResponse({"error": exc.message, "reason": reason, "field": "grant"},
+                                       status_code=403)) from None
+        self.stats["grants_verified"] += 1
+        return terms
+
+    def sign_grant(self, reservation: dict[str, Any]) -> dict[str, Any] | None:
+        """The grant of a reservation (as the ledger answers it), if it holds capacity now."""
+        if reservation.get("state") != "active" or reservation.get("decision") == "rejected":
+            return None
+        self.stats["grants_signed"] += 1
+        return self.grant_signer.sign(Grant(
+            reservation["reservation_id"], reservation["quote_id"], reservation["holder"], reservation["symbol"],
+            reservation["reserved_bid_quantity"], reservation["reserved_ask_quantity"],
+            float(reservation["expires_at"])))
+
     def forbid(self, message: str, field: str) -> Refused:
         self.stats["forbidden"] += 1
         return Refused(JSONResponse({"error": message, "reason": "forbidden", "field": field}, status_code=403))
@@ -83,9 +122,17 @@ def peer_guard(handle: Any, keyring: Any, *, clock: Callable[[], float] = time.t
         node = handle.node
         return None if node is None else handle.roles.choose(role, node.members()).holder
 
-    guard = Guard(Verifier(keyring), clock=clock, role_holder=role_holder)
+    guard = Guard(keyring, clock=clock, role_holder=role_holder)
     handle.stat_sources.append(("murmur_http_auth", guard.counters))
     return guard
+
+
+def peer_signer(keyring: Keyring | None, name: str) -> Signer | None:
+    """What a peer's clients sign with: its keyring's primary key, the wall clock and fresh random
+    nonces; None when it has no keyring (insecure)."""
+    if keyring is None:
+        return None
+    return Signer(keyring, name, clock=time.time, nonces=lambda: secrets.randbits(64))
 
 
 def guard_of(request: Request) -> Guard | None:

@@ -40,7 +40,7 @@ from ledger.exposure import (
 )
 from ledger.store import ApplyFill, RecordFills, Release, Renew, Reserve, validate_fill
 from peer.http import inputs
-from peer.http.guard import Refused, caller, require_name, require_role
+from peer.http.guard import Refused, caller, guard_of, require_name, require_role
 from peer.ledger.service import LedgerService, LedgerUnavailable
 
 # A batch of fills: the exchange's outbox sends 200 at a time; a fill is about 300 bytes, so
@@ -83,7 +83,20 @@ async def _submit(request: Request, op, ok_status: int = 200) -> Response:
         return _invalid(exc)
     except LedgerUnavailable as exc:
         return _error(503, str(exc))
+    if isinstance(op, Renew):
+        answer = _with_grant(request, answer)
     return JSONResponse(answer, status_code=ok_status)
+
+
+def _with_grant(request: Request, answer: dict[str, Any]) -> dict[str, Any]:
+    """A reservation's answer with the ledger's signed `grant` of it, while it holds capacity: the
+    exchange activates a quote only with one (none when this ledger has no keyring)."""
+    guard = guard_of(request)
+    reservation = answer.get("reservation")
+    if guard is None or not isinstance(reservation, dict):
+        return answer
+    grant = guard.sign_grant(reservation)
+    return answer if grant is None else {**answer, "grant": grant}
 
 
 def _page(request: Request, allowed: tuple[str, ...], after: str = "after") -> inputs.Page:
@@ -250,6 +263,7 @@ async def post_reservation(request: Request) -> Response:
         return _refused(exc)
     except LedgerUnavailable as exc:
         return _error(503, str(exc))
+    answer = _with_grant(request, answer)
     if answer["decision"] == REJECTED:
         return JSONResponse({**answer, "reason": "no-capacity",
                              "error": "no exposure capacity on the side(s) asked for; nothing reserved"},

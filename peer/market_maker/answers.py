@@ -197,6 +197,16 @@ def authority_answer(body: bytes) -> dict[str, Any]:
     return obj
 
 
+def grant_of(body: bytes) -> dict[str, Any] | None:
+    """The ledger's signed `grant` in a reservation's answer, passed on to the exchange as it
+    came (the exchange verifies it); None when there is none (an insecure ledger). Never raises."""
+    try:
+        value = body_of(body).get("grant")
+    except AnswerError:
+        return None
+    return value if type(value) is dict else None
+
+
 def reason_of(body: bytes) -> str | None:
     """The `reason` of a refusal, if the body has one; never raises."""
     try:

@@ -41,6 +41,7 @@ from gossip.types import Member
 from peer.backoff import Backoff
 from peer.http.client import Answer, HttpClient, HttpError
 from peer.http.client import path as http_path
+from peer.http.signing import Signer
 from peer.logs import JsonLog
 from peer.market_maker import answers as mm_answers
 from peer.market_maker.answers import AnswerError
@@ -126,10 +127,12 @@ class MarketMakerService:
         reach_config: ReachConfig | None = None,
         set_aside: Callable[[str | None], None] | None = None,
         client_factory: Callable[[str, str], HttpClient] | None = None,
+        signer: Signer | None = None,
     ) -> None:
         """`client_factory(role, url)` makes the keep-alive client for the exchange or the ledger
         at `url`; by default an `HttpClient` over TCP that obeys `links` and names this peer. A
-        simulation passes one whose client dials its simulated network."""
+        simulation passes one whose client dials its simulated network. `signer` signs the
+        default client's calls (peer/http/signing.py); None in an insecure cluster."""
         self.name = name
         self.members = members
         self.log = log or JsonLog(name, stream=None)
@@ -142,6 +145,7 @@ class MarketMakerService:
         self.roles = roles or RoleDirectory(self.log)
         # The peer's link filter (peer/faults/links.py): calls obey it and name this peer.
         self.links = links
+        self.signer = signer
         self.client_factory = client_factory or self._default_client
         # Whether the exchange answers this peer; `set_aside(reason)` puts the reason in this
         # peer's gossip meta (None takes it out), so the others stop naming it an owner.
@@ -184,7 +188,8 @@ class MarketMakerService:
         return self.roles.url(role, self.members())
 
     def _default_client(self, role: str, url: str) -> HttpClient:
-        return HttpClient(url, max_connections=16, timeout=self.request_timeout, links=self.links, sender=self.name)
+        return HttpClient(url, max_connections=16, timeout=self.request_timeout, links=self.links, sender=self.name,
+                          signer=self.signer)
 
     async def _client(self, role: str, url: str) -> HttpClient:
         """The keep-alive client for `role`, at its current URL: when the role moves to another
@@ -614,7 +619,7 @@ class MarketMakerService:
         path = http_path("quotes", attempt.symbol)
         put = await self._call("exchange", "PUT", path, {
             "holder": self.name, "epoch": attempt.epoch, "seq": attempt.seq, "quote_id": attempt.quote_id,
-            **terms.to_json(), "reservation_id": rid})
+            **terms.to_json(), "reservation_id": rid, **_grant(answer)})
         result = self._verdict(put, "PUT", path)
         if result is None:
             planner.on_timeout(attempt, self.clock())  # the retry reuses quote_id: same reservation
@@ -639,6 +644,7 @@ class MarketMakerService:
     async def _refresh(self, attempt: QuoteAttempt) -> None:
         planner = self.planners[attempt.symbol]
         rid = self.reservations.get(attempt.symbol)
+        renewed = None
         if rid is not None:
             renewed = await self._call("ledger", "POST", http_path("reservations", rid, "renew"),
                                        {"ttl": self.planner_config.quote_ttl + RESERVATION_MARGIN})
@@ -654,9 +660,10 @@ class MarketMakerService:
             return
         assert attempt.terms is not None
         path = http_path("quotes", attempt.symbol)
+        # The renewal's grant: the exchange extends the quote no further than it.
         put = await self._call("exchange", "PUT", path, {
             "holder": self.name, "epoch": attempt.epoch, "seq": attempt.seq, "quote_id": attempt.quote_id,
-            **attempt.terms.to_json(), "reservation_id": rid})
+            **attempt.terms.to_json(), "reservation_id": rid, **_grant(renewed)})
         result = self._verdict(put, "PUT", path)
         if result is None:
             planner.on_timeout(attempt, self.clock())
@@ -826,6 +833,13 @@ class MarketMakerService:
                         "reservation_id": self.reservations.get(symbol), "position_version": a.position_version,
                         "reference_price": a.reference_price, "sent_at": a.sent_at})
         return out
+
+
+def _grant(answer: Answer | None) -> dict[str, Any]:
+    """The `grant` field of a quote PUT: the ledger's signed grant in its reservation answer,
+    passed on as it came; nothing when there is none (an insecure ledger)."""
+    grant = mm_answers.grant_of(answer.body) if answer is not None else None
+    return {} if grant is None else {"grant": grant}
 
 
 async def _either(a: trio.Event, b: trio.Event) -> None:

@@ -18,6 +18,11 @@ What it must never do: read the wall clock or draw unseeded randomness. Every pe
 is `EPOCH + trio.current_time()` (plus the peer's drift and rate, if the faults give it some), every seed
 derives from the run's seed, and trio's scheduler is made deterministic by the caller
 (`gossip.simcluster.deterministic_trio`).
+
+The calls between peers are signed and the ledger's grants verified, as under `murmur launch`,
+with one fixed keyring (`SIM_KEYRING`): each peer signs with nonces drawn from a generator seeded
+by the run's seed, its name and its start count (a restarted peer never repeats a nonce the
+others still remember), and verifies by its own drifting clock.
 """
 
 from __future__ import annotations
@@ -33,15 +38,21 @@ from typing import Any
 import trio
 
 from gossip.config import PROTOCOL_VERSION, GossipConfig
+from gossip.keyring import Keyring
 from gossip.node import GossipNode
 from gossip.simnet import SimNetwork
 from gossip.types import Address, MemberEvent, MemberState
 from peer.groupcommit import Runner, run_inline
 from peer.http.client import HttpClient
 from peer.http.endpoints import PeerHandle, create_app
+from peer.http.guard import peer_guard
 from peer.http.server import HttpServer
+from peer.http.signing import Signer
 from peer.logs import JsonLog
 from peer.roles import RoleDirectory
+
+# The simulated cluster's key: fixed, so that a seed replays byte for byte.
+SIM_KEYRING = Keyring([bytes(range(100, 132))])
 
 # Virtual time 0 is this wall-clock instant in every peer (2026-01-01T00:00:00Z): the tape's and
 # the ledger's times are then the same numbers on every machine.
@@ -238,6 +249,7 @@ class SimTradingCluster:
                 app = create_app(handle, routes)
                 app.state.exchange = p.service if p.role == "exchange" else None
                 app.state.ledger = p.service if p.role == "ledger" else None
+                app.state.guard = peer_guard(handle, SIM_KEYRING, clock=p.clock)
                 server = HttpServer(app, log=log, direct=direct, clock=p.clock)
                 handle.http_server, handle.http_url = server, p.url
                 self.net.listen(p.http, server.serve_connection)
@@ -255,8 +267,10 @@ class SimTradingCluster:
         async def connect(host: str, port: int) -> trio.abc.Stream:
             return await self.net.connect(p.gossip, (host, port))
 
+        nonces = random.Random(f"{self.seed}:{p.name}:{p.incarnation}:nonces")
+        signer = Signer(SIM_KEYRING, p.name, clock=p.clock, nonces=lambda: nonces.getrandbits(64))
         return lambda url: HttpClient(url, max_connections=max_connections, timeout=timeout, sender=p.name,
-                                      connect=connect)
+                                      connect=connect, signer=signer)
 
     async def _start_exchange(self, nursery: trio.Nursery, p: SimPeer, handle: PeerHandle, log: JsonLog):
         from peer.exchange.api import exchange_direct_routes, exchange_routes

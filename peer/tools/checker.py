@@ -202,20 +202,23 @@ def check_tape(records: Iterable[dict[str, Any]]) -> tuple[list[Verdict], TapeFa
                 overlap.violate(f"seq {rec['seq']}: a quote before the genesis record (no TTL known)")
                 ttl = float("inf")
             qid = args["quote_id"]
+            # A quote with a grant ends at the grant's expiry at the latest (book/exchange.py).
+            grant = args.get("grant")
+            until = at + ttl if not isinstance(grant, dict) else min(at + ttl, float(grant["expires_at"]))
             if rec.get("reason") == "refreshed" and qid in live[symbol]:
-                live[symbol][qid].expires_at = at + ttl
-                facts.quotes[qid]["expires_at"] = at + ttl
+                live[symbol][qid].expires_at = until
+                facts.quotes[qid]["expires_at"] = until
                 span = facts.spans[qid][-1]
                 if at <= span[1]:
-                    span[1] = at + ttl
+                    span[1] = until
                 else:  # refreshed after its TTL ran out: it was not live in between
-                    facts.spans[qid].append([at, at + ttl, "ttl"])
+                    facts.spans[qid].append([at, until, "ttl"])
             else:
                 n_quotes += 1
-                live[symbol][qid] = _LiveQuote(qid, args["epoch"], args["holder"], at + ttl,
+                live[symbol][qid] = _LiveQuote(qid, args["epoch"], args["holder"], until,
                                                args["bid_quantity"], args["ask_quantity"], rec["seq"])
-                facts.quotes[qid] = {**args, "at": at, "expires_at": at + ttl, "seq": rec["seq"]}
-                facts.spans[qid] = [[at, at + ttl, "ttl"]]
+                facts.quotes[qid] = {**args, "at": at, "expires_at": until, "seq": rec["seq"]}
+                facts.spans[qid] = [[at, until, "ttl"]]
             epochs_live = {q.epoch: q.quote_id for q in live[symbol].values() if q.live_at(at)}
             if len(epochs_live) > 1:
                 overlap.violate(

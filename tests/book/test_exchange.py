@@ -385,3 +385,72 @@ def test_a_bid_that_fills_on_arrival_leaves_the_quote_active_with_its_ask():
     assert ex.active_quotes[SYM].quote_id == "q1"
     assert ex.quote_view(SYM, 0.2)["ask_remaining"] == 5
     ex.check_invariants(0.2)
+
+
+# --- grants: the ledger's verified terms of a quote's reservation ----------------------------------
+
+
+def grant(qid="q1", rid="r1", holder="mm-1", symbol=SYM, bid=5, ask=5, expires_at=31.0) -> dict:
+    return {"reservation_id": rid, "quote_id": qid, "holder": holder, "symbol": symbol,
+            "bid_quantity": bid, "ask_quantity": ask, "expires_at": expires_at}
+
+
+def granted_quote(ex, now, g, *, seq=1, qid="q1", bq=5, aq=5, rid="r1"):
+    return ex.execute("put_quote", {"symbol": SYM, "holder": "mm-1", "epoch": 1, "seq": seq, "quote_id": qid,
+                                    "bid_price": 99, "bid_quantity": bq, "ask_price": 101, "ask_quantity": aq,
+                                    "reservation_id": rid, "grant": g}, now)
+
+
+def test_a_quote_within_its_grant_is_activated_and_ends_no_later_than_the_grant():
+    ex = core(ttl=30.0, lease=100.0)
+    ex.claim(now=0, symbol=SYM, holder="mm-1", epoch=1)
+    assert granted_quote(ex, 0.0, grant(expires_at=12.5))["reason"] == "activated"
+    assert ex.quotes["q1"].expires_at == 12.5
+    assert all(leg.expires_at == 12.5 for leg in ex.quotes["q1"].legs)
+    assert ex.tick(now=12.5)["ended"][0]["quote_id"] == "q1"
+    assert SYM not in ex.active_quotes
+
+
+def test_a_quote_beyond_its_grant_is_refused_and_changes_nothing():
+    ex = core(lease=100.0)
+    ex.claim(now=0, symbol=SYM, holder="mm-1", epoch=1)
+    answer = granted_quote(ex, 0.0, grant(bid=5, ask=5), bq=1_000_000, aq=5)
+    assert (answer["accepted"], answer["reason"]) == (False, "beyond-grant")
+    assert ex.active_quotes == {} and ex.quotes == {}
+    assert ex.authority[SYM].last_seq == 0
+
+
+@pytest.mark.parametrize("field,value", [("quote_id", "q9"), ("reservation_id", "r9"), ("holder", "mm-2"),
+                                         ("symbol", "MSFT")])
+def test_a_grant_for_another_quote_reservation_holder_or_symbol_does_not_fit(field, value):
+    ex = core(lease=100.0)
+    ex.claim(now=0, symbol=SYM, holder="mm-1", epoch=1)
+    answer = granted_quote(ex, 0.0, {**grant(), field: value})
+    assert (answer["accepted"], answer["reason"]) == (False, "grant-mismatch")
+    assert ex.active_quotes == {}
+
+
+def test_an_expired_grant_activates_nothing():
+    ex = core(lease=100.0)
+    ex.claim(now=0, symbol=SYM, holder="mm-1", epoch=1)
+    assert granted_quote(ex, 5.0, grant(expires_at=5.0))["reason"] == "grant-expired"
+    assert ex.active_quotes == {}
+
+
+def test_a_refresh_extends_the_quote_only_as_far_as_its_renewed_grant():
+    ex = core(ttl=30.0, lease=100.0)
+    ex.claim(now=0, symbol=SYM, holder="mm-1", epoch=1)
+    granted_quote(ex, 0.0, grant(expires_at=10.0))
+    assert granted_quote(ex, 5.0, grant(expires_at=20.0), seq=2)["reason"] == "refreshed"
+    assert ex.quotes["q1"].expires_at == 20.0
+
+
+@pytest.mark.parametrize("bad", [{"quote_id": "q1"}, "grant", {**grant(), "bid_quantity": True},
+                                 {**grant(), "expires_at": float("nan")}, {**grant(), "extra": 1}])
+def test_a_malformed_grant_is_a_command_error(bad):
+    ex = core(lease=100.0)
+    ex.claim(now=0, symbol=SYM, holder="mm-1", epoch=1)
+    with pytest.raises(CommandError) as exc:
+        granted_quote(ex, 0.0, bad)
+    assert exc.value.field.startswith("grant")
+    assert ex.active_quotes == {}

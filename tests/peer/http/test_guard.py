@@ -235,3 +235,50 @@ async def test_an_insecure_peer_verifies_nothing(tmp_path):
             r = await client.post("/authority/AAPL/claim", json={"holder": "mm-1", "epoch": 1})
         assert r.status == 200
         nursery.cancel_scope.cancel()
+
+
+# --- grants ---------------------------------------------------------------------------------------
+
+
+def quote_body(rid: str | None, **kw) -> dict:
+    return {"holder": "mm-1", "epoch": 1, "seq": 1, "quote_id": "q1", "bid_price": 9990, "bid_quantity": 5,
+            "ask_price": 10010, "ask_quantity": 5, "reservation_id": rid, **kw}
+
+
+async def test_the_ledgers_grant_activates_a_quote_and_nothing_else_does(exchange, ledger):
+    ex_url, ex_service, ex_guard = exchange
+    ledger_url, _, _ = ledger
+    async with HttpClient(ledger_url, signer=signer("mm-1")) as led, HttpClient(ex_url, signer=signer("mm-1")) as ex:
+        r = await led.post("/reservations", json=reservation())
+        assert r.status == 201
+        answer = r.json()
+        rid, grant = answer["reservation"]["reservation_id"], answer["grant"]
+        assert grant["bid_quantity"] == 10 and grant["reservation_id"] == rid
+        assert (await ex.post("/authority/AAPL/claim", json={"holder": "mm-1", "epoch": 1})).status == 200
+        # No grant, a grant with its terms raised, a grant beyond which the quote goes: refused.
+        r = await ex.put("/quotes/AAPL", json=quote_body(rid))
+        assert (r.status, r.json()["reason"]) == (403, "grant-missing")
+        r = await ex.put("/quotes/AAPL", json=quote_body(rid, grant={**grant, "bid_quantity": 1_000_000}))
+        assert (r.status, r.json()["reason"]) == (403, "grant-bad-grant")
+        r = await ex.put("/quotes/AAPL", json=quote_body(rid, bid_quantity=11, grant=grant))
+        assert (r.status, r.json()["reason"]) == (409, "beyond-grant")
+        assert ex_service.core.active_quotes == {}
+        r = await ex.put("/quotes/AAPL", json=quote_body(rid, grant=grant))
+        assert r.status == 200, r.body
+    quote = ex_service.core.active_quotes["AAPL"]
+    assert quote.expires_at <= grant["expires_at"]
+    assert ex_guard.stats["refused_grant"] == 2 and ex_guard.stats["grants_verified"] == 2
+
+
+async def test_a_renewal_comes_with_a_new_grant_and_a_release_with_none(ledger):
+    url, _, _ = ledger
+    async with HttpClient(url, signer=signer("mm-1")) as led:
+        first = (await led.post("/reservations", json=reservation())).json()
+        rid = first["reservation"]["reservation_id"]
+        renewed = (await led.post(f"/reservations/{rid}/renew", json={"ttl": 60})).json()
+        assert renewed["grant"]["expires_at"] > first["grant"]["expires_at"]
+        released = (await led.post(f"/reservations/{rid}/release", json={})).json()
+        assert "grant" not in released
+        # A retry of the request for a released reservation's quote_id is granted nothing.
+        again = await led.post("/reservations", json=reservation())
+        assert "grant" not in again.json()

@@ -55,22 +55,35 @@ def _holds_without_the_bug(seed: int, tmp_path: Path, duration: float, trading: 
     assert report.ok, report.violations
 
 
-@pytest.mark.early(seconds=20)
+@pytest.mark.early(seconds=45)
 def test_quoting_beyond_the_reservation_is_found_as_a_violation_of_invariant_4(tmp_path):
-    """The reservation before activation: the market maker's `_publish` caps a quote by what the
-    ledger granted (`cap_by_reservation`). Planted bug: the cap returns the terms it was given,
-    so a quote goes live offering more than its reservation covers, or on a rejected one.
+    """The reservation before activation, enforced twice: the market maker's `_publish` caps a
+    quote by what the ledger granted (`cap_by_reservation`), and the exchange activates a quote
+    only within its verified grant (`ExchangeCore._outside_grant`). Planted bug: both let
+    everything through, so a quote goes live offering more than its reservation covers. With
+    the default limit (100 per side) 3 market makers quoting 8 symbols of size 5 peak at 60..85
+    reserved per side in 30 s runs: nothing is ever reduced and the bug cannot show. With
+    `exposure_limit=50` reductions are routine. The same seed with only the market maker's cap
+    switched off holds: the exchange refuses every quote beyond its grant. Bound 3 seeds."""
+    from book.exchange import ExchangeCore
 
-    With the default limit (100 per side) 3 market makers quoting 8 symbols of size 5 peak at
-    60..85 reserved per side in 30 s runs: nothing is ever reduced and the bug cannot show. With
-    `exposure_limit=50` reductions are routine. Measured (30 s, chaos): found at seed 1 (seed 2
-    too); bound 3 seeds."""
     trading = TradingOptions(exposure_limit=50)
-    seed, report = _sweep(lambda patch: patch.setattr(mm_service, "cap_by_reservation", lambda terms, _r: terms),
-                          {"4"}, tmp_path, bound=3, duration=30.0, trading=trading)
+
+    def no_cap(patch: pytest.MonkeyPatch) -> None:
+        patch.setattr(mm_service, "cap_by_reservation", lambda terms, _r: terms)
+
+    def no_cap_no_grant_check(patch: pytest.MonkeyPatch) -> None:
+        no_cap(patch)
+        patch.setattr(ExchangeCore, "_outside_grant", staticmethod(lambda *a: None))
+
+    seed, report = _sweep(no_cap_no_grant_check, {"4"}, tmp_path, bound=3, duration=30.0, trading=trading)
     backed = [v for v in report.verdicts if v.check.startswith("every quote was live only while")]
     assert backed and backed[0].held is False and "offered" in " ".join(backed[0].evidence)
     _holds_without_the_bug(seed, tmp_path, 30.0, trading)
+    with pytest.MonkeyPatch.context() as patch:
+        no_cap(patch)
+        guarded = _run(seed, tmp_path / f"exchange-guards-{seed}", 30.0, trading)
+    assert guarded.ok, guarded.violations
 
 
 @pytest.mark.early(seconds=75)

@@ -13,6 +13,7 @@ import pytest
 
 from gossip.config import LOCAL
 from peer.commands import sim as sim_command
+from peer.exchange.tape.reader import TapeReader
 from peer.sim.world import PROFILES, SETTLE, WARM, plan_faults, run_world
 from tests.peer.determinism import ROOT, run_simulated
 
@@ -43,6 +44,11 @@ def test_a_run_without_faults_trades_holds_every_invariant_and_starts_no_thread(
     assert report.fills > 50 and report.requoted_s == 0.0
     assert [v.held for v in report.verdicts] == [True] * len(report.verdicts) and len(report.verdicts) == 10
     assert (tmp_path / "exchange" / "exchange.tape").exists() and (tmp_path / "ledger" / "ledger.db").exists()
+    # The peers sign their calls and every quote went live on the ledger's verified grant.
+    puts = [r for r in TapeReader(tmp_path / "exchange" / "exchange.tape").records()
+            if r.get("type") == "put_quote" and r.get("accepted")]
+    assert puts and all(isinstance(r["args"].get("grant"), dict) for r in puts)
+    assert all(r["args"]["grant"]["quote_id"] == r["args"]["quote_id"] for r in puts)
 
 
 def _sim(seed: int, hashseed: str) -> dict:
