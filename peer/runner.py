@@ -210,6 +210,11 @@ async def _run_peer(
                 await nursery.start(admin.run)
                 app.state.exchange = exchange
                 app.state.ledger = ledger
+                # Calls that change authority or money must be signed by a member (none verified
+                # when insecure): peer/http/guard.py.
+                from peer.http.guard import peer_guard
+
+                app.state.guard = peer_guard(handle, handle.keyring)
                 direct = None
                 if exchange is not None:
                     from peer.exchange.api import exchange_direct_routes
@@ -302,6 +307,7 @@ async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: Pe
     from peer.exchange.outbox import deliver_fills
     from peer.exchange.service import ExchangeService
     from peer.http.client import HttpClient
+    from peer.http.guard import peer_signer
 
     def is_alive(name: str) -> bool:
         # The exchange's own membership view decides whether a holder is gone (claim rule).
@@ -329,8 +335,10 @@ async def _start_exchange(nursery, opts: PeerOptions, data_dir: Path, handle: Pe
     )
     await nursery.start(service.run)
     # Calls to the ledger say who calls and obey the link filter, like every call between peers.
+    # Signed with the cluster key (unless insecure): the ledger takes fills only from the exchange.
+    signer = peer_signer(handle.keyring, name) if name is not None else None
     await nursery.start(partial(deliver_fills, service, ledger_url, client_factory=lambda url: HttpClient(
-        url, max_connections=1, timeout=5.0, links=links, sender=name)))
+        url, max_connections=1, timeout=5.0, links=links, sender=name, signer=signer)))
     handle.alarm_sources.append(service.alarms)
     handle.stat_sources.append(("murmur_outbox", lambda: service.outbox_stats))
     return service
@@ -348,6 +356,7 @@ async def _start_ledger(nursery, opts: PeerOptions, data_dir: Path, handle: Peer
 
 async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: JsonLog, handle: PeerHandle, *,
                               links=None):
+    from peer.http.guard import peer_signer
     from peer.market_maker.authority import AuthorityConfig
     from peer.market_maker.quoting import PlannerConfig, QuoteConfig
     from peer.market_maker.reach import ReachConfig
@@ -376,6 +385,7 @@ async def _start_market_maker(nursery, opts: PeerOptions, name: str, node, log: 
         # Stepping aside waits the lease out: the next owner's claim is refused before it ends.
         reach_config=ReachConfig.for_lease(opts.exchange.lease),
         set_aside=set_aside,
+        signer=peer_signer(handle.keyring, name),
     )
     await nursery.start(service.run)
     handle.stat_sources.append(("murmur_mm", service.stats.counters))
