@@ -38,7 +38,7 @@ SYMBOLS = ["AAPL", "AMZN", "GOOG", "META", "MSFT", "NFLX", "NVDA", "TSLA"]
 def start_exchange(data_dir: Path) -> tuple[subprocess.Popen, str]:
     """A real exchange process on port 0 (its own flow off, an hour's lease) and its URL."""
     try:
-        return trio.run(partial(start_peer, "exchange", data_dir, "--lease", "3600", bound=30))
+        return trio.run(partial(start_peer, "exchange", data_dir, "--lease", "3600", "--insecure", bound=30))
     except PeerDidNotStart as exc:
         raise SystemExit(f"the exchange did not start: {exc}") from None
 

@@ -57,7 +57,7 @@ def start_ledger(data_dir: Path) -> tuple[subprocess.Popen, str, float]:
     """A real ledger process on port 0, its URL, and the seconds from spawn to /health 200."""
     t0 = time.perf_counter()
     try:
-        proc, url = trio.run(partial(start_peer, "ledger", data_dir, bound=60, every=0.01))
+        proc, url = trio.run(partial(start_peer, "ledger", data_dir, "--insecure", bound=60, every=0.01))
     except PeerDidNotStart as exc:
         raise SystemExit(f"the ledger did not start: {exc}") from None
     return proc, url, time.perf_counter() - t0

@@ -12,7 +12,9 @@ from peer.tools.processes import stop_process
 
 pytestmark = pytest.mark.slow
 
-ARGS = ("--flow-rate", "50", "--lease", "30")
+# Plain calls from the test, as a member would make them unsigned: durability, not security, is
+# under test here (signed calls: tests/peer/test_signed_calls_processes.py).
+ARGS = ("--flow-rate", "50", "--lease", "30", "--insecure")
 
 
 async def test_sigkill_and_restart_keeps_epochs_quotes_and_every_acknowledged_fill(peers, tmp_path):

@@ -22,6 +22,10 @@ pytestmark = pytest.mark.slow
 
 SYMBOLS = ["AAPL", "MSFT", "TSLA"]
 
+# The test posts fills itself, unsigned: durability, not security, is under test here (signed
+# calls: tests/peer/test_signed_calls_processes.py).
+INSECURE = ("--insecure",)
+
 
 def make_fills(n: int, seed: int = 5) -> list[dict]:
     rng = random.Random(seed)
@@ -46,7 +50,7 @@ async def test_sigkill_mid_stream_then_restart_keeps_every_acknowledged_fill_exa
     fills = make_fills(4000)
     batches = [fills[i:i + 40] for i in range(0, len(fills), 40)]
     acked: set[str] = set()
-    proc, url = await peers("ledger", data_dir=data)
+    proc, url = await peers("ledger", *INSECURE, data_dir=data)
     with trio.fail_after(60):
         async with httpx.AsyncClient(base_url=url, timeout=5) as client:
             queue = list(batches)
@@ -76,7 +80,7 @@ async def test_sigkill_mid_stream_then_restart_keeps_every_acknowledged_fill_exa
     await stop_process(proc, signum=signal.SIGKILL)
     assert 1200 <= len(acked) < len(fills), "the kill came in the middle of the stream"
 
-    proc, url = await peers("ledger", data_dir=data)
+    proc, url = await peers("ledger", *INSECURE, data_dir=data)
     try:
         with trio.fail_after(60):
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:
@@ -111,7 +115,7 @@ async def test_sigkill_mid_stream_then_restart_keeps_every_acknowledged_fill_exa
 
 async def _refused_start(data: Path) -> str:
     await trio.Path(data / "peer.json").unlink(missing_ok=True)
-    done = await run_command(peer_argv("ledger", data), bound=30)
+    done = await run_command(peer_argv("ledger", data, *INSECURE), bound=30)
     assert done.returncode != 0, "a damaged ledger must not start"
     assert not await trio.Path(data / "peer.json").exists(), "it never came up"
     return done.stderr
@@ -130,7 +134,7 @@ def _damage(db: Path, damage: str) -> None:
 @pytest.mark.parametrize("damage", ["truncated", "corrupted"])
 async def test_a_damaged_database_makes_the_process_refuse_to_start(peers, tmp_path, damage):
     data = tmp_path / "ledger"
-    proc, url = await peers("ledger", data_dir=data)
+    proc, url = await peers("ledger", *INSECURE, data_dir=data)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             for batch in range(20):
