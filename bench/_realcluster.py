@@ -630,10 +630,12 @@ class KinshipCluster(RealCluster):
         data_dir: Path,
         overrides: dict[str, Any] | None = None,
         startup_timeout: float = 60.0,
+        key_file: Path | None = None,
     ) -> None:
         super().__init__("kinship", data_dir)
         self.total = total
         self.overrides = overrides or {}
+        self.key_file = key_file  # a murmur key file: kinship encrypts with its primary key
         self.startup_timeout = startup_timeout
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -659,6 +661,8 @@ class KinshipCluster(RealCluster):
             argv += ["--seed", seed]
         for k, v in self.overrides.items():
             argv += ["--set", f"{k}={v}"]
+        if self.key_file is not None:
+            argv += ["--key-file", str(self.key_file)]
         err = open(d / "stderr.log", "ab")  # noqa: SIM115
         try:
             self.procs[name] = subprocess.Popen(

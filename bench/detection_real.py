@@ -58,7 +58,8 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10,40", help="total processes per cluster (default 10,40)")
     ap.add_argument("--trials", type=int, default=5)
-    ap.add_argument("--impls", default="murmur,kinship", help="murmur, kinship or both")
+    ap.add_argument("--impls", default="murmur,kinship",
+                    help="comma-separated: murmur (sealed), murmur-insecure, kinship (plaintext), kinship-sealed")
     ap.add_argument("--poll-interval", type=float, default=0.05)
     ap.add_argument("--settle", type=float, default=2.0, help="quiet seconds before each freeze")
     ap.add_argument("--detect-bound", type=float, default=30.0)
@@ -79,13 +80,26 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
+# What each name in --impls runs: murmur seals its gossip (the launcher's cluster.key) unless
+# "murmur-insecure"; kinship runs plaintext on loopback unless "kinship-sealed" (its own AEAD,
+# under a key of the same kind).
+IMPLS = ("murmur", "murmur-insecure", "kinship", "kinship-sealed")
+
+
 def make_cluster(impl: str, n: int, base: Path, attempt: int, args) -> RealCluster:
     d = base / f"{impl}-{n}-{attempt}"
-    if impl == "murmur":
-        extra = launch_set_args(args)
+    if impl.startswith("murmur"):
+        extra = launch_set_args(args) + (["--insecure"] if impl == "murmur-insecure" else [])
         return MurmurCluster(n, d, profile=args.profile, startup_timeout=60.0, extra=extra)
     overrides = dict(kv.split("=", 1) for kv in args.kinship_set)
-    return KinshipCluster(n, d, overrides=overrides)
+    key_file = None
+    if impl == "kinship-sealed":
+        from gossip.keyring import new_key_file
+
+        d.mkdir(parents=True, exist_ok=True)
+        key_file = d / "cluster.key"
+        new_key_file(key_file)
+    return KinshipCluster(n, d, overrides=overrides, key_file=key_file)
 
 
 async def start_converged(impl: str, n: int, base: Path, attempt: int, args):
@@ -307,14 +321,17 @@ async def main_async(args) -> int:
     ]
     method.append(murmur_profile_line(args.profile, args.murmur_set))
     kin_ok, kin_note = kinship_status()
-    if "kinship" in impls:
+    if any(i.startswith("kinship") for i in impls):
         method.append(kin_note + (f"; overrides {args.kinship_set}" if args.kinship_set else ""))
     machine = header(
         "detection_real: SIGSTOP one peer, time until all others see it dead", method, args
     )
-    if "kinship" in impls and not kin_ok:
+    if any(i.startswith("kinship") for i in impls) and not kin_ok:
         print(f"KINSHIP NOT MEASURED: {kin_note}\n", flush=True)
-        impls = [i for i in impls if i != "kinship"]
+        impls = [i for i in impls if not i.startswith("kinship")]
+    unknown = [i for i in impls if i not in IMPLS]
+    if unknown:
+        raise SystemExit(f"--impls: unknown {unknown}; choose from {', '.join(IMPLS)}")
 
     base = args.data_dir or Path(tempfile.mkdtemp(prefix="murmur-bench-detect-"))
     results = []

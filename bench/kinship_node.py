@@ -4,7 +4,8 @@ What it is for: `detection_real.py` runs the `kinship` library (PyPI; a Rust SWI
 Lifeguard) side by side with murmur and measures both the same way, by polling every node's
 `/members`. This script starts one node with `kinship.Config.local()` (probe 200 ms, probe
 timeout 100 ms; `--profile lan` for `Config.lan()`) bound to 127.0.0.1 on a free port (or
-`--bind`), joins `--seed`, writes
+`--bind`), with `--key-file` encrypting its gossip under a murmur key file's primary key
+(kinship's own keyring; without it kinship runs plaintext on loopback), joins `--seed`, writes
 `<dir>/node.json` (pid, gossip address, HTTP URL) once it is up, serves
 
     GET /health   -> {"status": "ok", "name": ...}
@@ -68,6 +69,8 @@ def main() -> int:
     ap.add_argument("--bind", default="127.0.0.1:0", help="HOST:PORT to bind (default: a free port)")
     ap.add_argument("--profile", default="local", choices=["local", "lan"], help="kinship.Config preset")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--key-file", type=Path, default=None,
+                    help="a murmur key file: kinship encrypts its gossip with its primary key")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
 
@@ -76,8 +79,12 @@ def main() -> int:
         key, _, value = item.partition("=")
         overrides[key] = parse_value(value)
     preset = kinship.Config.lan if args.profile == "lan" else kinship.Config.local
-    if args.profile == "lan":
-        overrides.setdefault("insecure_plaintext", True)  # murmur has no encryption either
+    if args.key_file is not None:
+        from gossip.keyring import Keyring
+
+        overrides["keys"] = [Keyring.load(args.key_file).primary]
+    elif args.profile == "lan":
+        overrides.setdefault("insecure_plaintext", True)  # a plaintext run, said by name
     cfg = preset(
         name=args.name,
         bind=args.bind,
