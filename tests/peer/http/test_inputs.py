@@ -135,7 +135,7 @@ def with_marker(values):
 
 FIELD_NAMES = ["order_id", "symbol", "side", "type", "quantity", "limit_price", "holder", "epoch", "seq",
                "quote_id", "bid_price", "bid_quantity", "ask_price", "ask_quantity", "reservation_id",
-               "fill_id", "price", "created_at", "expires_at", "ttl", "replaces", "reason", "fills"]
+               "fill_id", "price", "created_at", "expires_at", "ttl", "replaces", "reason", "fills", "grant"]
 GOOD = st.sampled_from(["AAPL", "mm-1", "buy", "sell", "limit", "market", "q1", "r1", "o1", 1, 5, 99, 101,
                         1_700_000_000.0, 30, None, 10**6, 10**9])
 field_values = with_marker(st.one_of(GOOD, json_values))

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import trio
 
+from gossip.keyring import new_key_file
 from peer.tools import netns
 from peer.tools.netns import (
     IFNAME_MAX,
@@ -339,15 +340,20 @@ def lan2(root):
 
 def _spawn_discovering_mm(lan: Lan, name: str, tmp_path: Path, interfaces: str
                           ) -> subprocess.Popen:
-    """`murmur peer --role mm --discover` in `name`'s namespace, with no seed to join."""
+    """`murmur peer --role mm --discover` in `name`'s namespace, with no seed to join, sealed
+    under the key file the peers of the test share."""
     addr = lan.address(name)
     data_dir = tmp_path / name
     data_dir.mkdir()
+    key_file = tmp_path / "cluster.key"
+    if not key_file.exists():
+        new_key_file(key_file)
     with open(tmp_path / f"{name}.stderr", "wb") as err:
         return subprocess.Popen(
             [*lan.exec_prefix(name), *CLI, "peer", "--role", "mm", "--name", name,
              "--bind", f"{addr}:7946", "--http", f"{addr}:7947", "--discover",
-             "--interfaces", interfaces or addr, "--data-dir", str(data_dir), "--profile", "local", "--quiet"],
+             "--interfaces", interfaces or addr, "--data-dir", str(data_dir), "--profile", "local", "--quiet",
+             "--key-file", str(key_file)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
 
 
