@@ -1,4 +1,4 @@
-"""Order-book operations in process: murmur's `OrderBook` beside the `order-matching` package.
+"""Order-book operations in process: murmur's `OrderBook` beside `limit-order-book` and `order-matching`.
 
 Method. One seeded workload is generated first (untimed) and then replayed, identically, into
 each engine; the orders themselves are built before the clock starts, so what is timed is the
@@ -24,7 +24,21 @@ and the two books are compared after it (traded volume, live orders, top 10 leve
 `order-matching` rests a market order's unfilled rest (at price inf/0) instead of cancelling
 it, so market orders are left out of the shared workload. One thread; the process is not pinned.
 
+`limit-order-book` (PyPI, a C++ price-time book built from its sdist with g++ -O3, driven over
+ctypes) is the second anchor: it runs every operation of both mixes, timed exactly like murmur's
+book (the same plain loop, best and median of `--repeat`, then the per-op-timed run), through its
+public API: `limit(is_buy, uid, qty, price)` per order (a crossing limit order sweeps price-time,
+fills partially and rests the rest, as murmur's does), `cancel(uid)` per cancel. Its ids are
+64-bit integers, given to the string ids before the clock starts. A cancel of an id it does not
+hold aborts the process (a C++ exception through the C API), so the plan is first replayed once
+untimed with `has()` before every cancel; the timed runs happen only if every cancel found its
+order. It returns no fills to Python, so the cross-check is on what it shows: live orders and
+resting quantity per side, best bid and ask, and the resting quantity at murmur's top 10 prices
+after the per-op-timed runs. Printed: murmur / limit-order-book, as ratios of the best, the median
+and the per-op-timed ops/s. Not installed (or `--no-lob`): the bench says so and runs without it.
+
 Run: .venv/bin/python bench/book_ops.py [--ops 200000] [--om-ops 20000] [--book 1000] [--seed 7]
+     [--repeat 3] [--no-lob]
 """
 
 from __future__ import annotations
@@ -287,6 +301,104 @@ class OrderMatching:
         }
 
 
+class LimitOrderBookCpp:
+    """The `limit-order-book` package (C++ over ctypes), through its public `LimitOrderBook` API.
+
+    Its ids are unsigned 64-bit integers: each string id gets a number in `prepare`, before the
+    clock starts. It reports no fills to Python, so it is compared on what it can show: the live
+    orders and resting quantity of each side, the best bid and ask, and the resting quantity at
+    murmur's top 10 prices. A cancel of an id it does not hold raises a C++ exception through the
+    C API, which ends the process, so `checked_run` replays the plan once with `has()` before
+    every cancel, untimed, and the timed runs happen only if every cancel found its order.
+    """
+
+    name = "limit-order-book"
+
+    def __init__(self, warm: list[tuple]) -> None:
+        from limit_order_book import LimitOrderBook
+
+        self.book = LimitOrderBook()
+        self.uids: dict[str, int] = {}
+        for _, oid, buy, price, qty in warm:
+            self.book.limit(buy, self._uid(oid), qty, price)
+
+    def _uid(self, oid: str) -> int:
+        uid = self.uids.get(oid)
+        if uid is None:
+            uid = self.uids[oid] = len(self.uids) + 1
+        return uid
+
+    def prepare(self, ops: list[tuple]) -> list[tuple]:
+        plan = []
+        for op in ops:
+            if op[0] == CANCEL:
+                plan.append((False, self.uids[op[1]]))
+            else:
+                _, oid, buy, price, qty = op
+                plan.append((True, (buy, self._uid(oid), qty, price)))
+        return plan
+
+    def checked_run(self, plan: list[tuple]) -> int:
+        book, missing = self.book, 0
+        for is_add, x in plan:
+            if is_add:
+                book.limit(*x)
+            elif book.has(x):
+                book.cancel(x)
+            else:
+                missing += 1
+        return missing
+
+    def run(self, plan: list[tuple]) -> int:
+        limit, cancel = self.book.limit, self.book.cancel
+        t0 = time.perf_counter_ns()
+        for is_add, x in plan:
+            if is_add:
+                limit(*x)
+            else:
+                cancel(x)
+        return time.perf_counter_ns() - t0
+
+    def run_timed(self, plan: list[tuple]) -> tuple[int, list[int]]:
+        limit, cancel, clock = self.book.limit, self.book.cancel, time.perf_counter_ns
+        lat = [0] * len(plan)
+        t0 = clock()
+        for i, (is_add, x) in enumerate(plan):
+            t = clock()
+            if is_add:
+                limit(*x)
+            else:
+                cancel(x)
+            lat[i] = clock() - t
+        return clock() - t0, lat
+
+    def state(self, prices: dict) -> dict:
+        """What both books can show, at murmur's top-10 `prices` ({"bids": [...], "asks": [...]})."""
+        b = self.book
+        return {
+            "live": [b.count_buy(), b.count_sell()],
+            "resting": [b.volume_buy(), b.volume_sell()],
+            "best": [b.best_buy() or None, b.best_sell() or None],
+            "bids": [[p, b.volume_buy(p)] for p, _ in prices["bids"]],
+            "asks": [[p, b.volume_sell(p)] for p, _ in prices["asks"]],
+        }
+
+
+def murmur_state(book: OrderBook) -> dict:
+    """murmur's side of `LimitOrderBookCpp.state`."""
+    live = book.live_orders()
+    buys = [o for o in live if o.side is Side.BUY]
+    sells = [o for o in live if o.side is Side.SELL]
+    top = book.depth(10)
+    return {
+        "live": [len(buys), len(sells)],
+        "resting": [sum(o.remaining for o in buys), sum(o.remaining for o in sells)],
+        "best": [book.best_bid(), book.best_ask()],
+        "bids": top["bids"],
+        "asks": top["asks"],
+    }
+
+
 # -- figures ---------------------------------------------------------------------------------
 
 
@@ -343,6 +455,36 @@ def bench_murmur(warm: list[tuple], ops: list[tuple], repeat: int) -> dict:
         "volume": engine.volume(),
         "live_after": engine.live(),
         "top_after": engine.top(),
+        "state_after": murmur_state(engine.book),
+    }
+
+
+def bench_lob(warm: list[tuple], ops: list[tuple], repeat: int, prices: dict) -> dict:
+    engine = LimitOrderBookCpp(warm)
+    plan = engine.prepare(ops)
+    missing = engine.checked_run(plan)
+    if missing:  # the books disagree on what is live: a timed run would cancel unknown ids
+        return {"ops": len(ops), "cancel_not_found": missing}
+    runs = []
+    for _ in range(repeat):
+        engine = LimitOrderBookCpp(warm)
+        plan = engine.prepare(ops)
+        gc.collect()
+        runs.append(engine.run(plan))
+    engine = LimitOrderBookCpp(warm)
+    plan = engine.prepare(ops)
+    gc.collect()
+    elapsed, lat = engine.run_timed(plan)
+    rates = [len(ops) / (ns / 1e9) for ns in runs]
+    return {
+        "ops": len(ops),
+        "cancel_not_found": 0,
+        "ops_per_s_best": round(max(rates)),
+        "ops_per_s_median": round(statistics.median(rates)),
+        "ops_per_s_runs": [round(r) for r in rates],
+        "ops_per_s_timed_run": round(len(ops) / (elapsed / 1e9)),
+        "latency": latency_summary(ops, lat),
+        "state_after": engine.state(prices),
     }
 
 
@@ -389,8 +531,13 @@ def main() -> None:
         help="prefix of each mix run on order-matching (0: skip)",
     )
     ap.add_argument("--book", type=int, default=1000, help="resting orders in the warm book")
-    ap.add_argument("--repeat", type=int, default=3, help="plain-loop runs per mix for murmur")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="plain-loop runs per mix, murmur and limit-order-book"
+    )
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--no-lob", action="store_true", help="leave out limit-order-book (the C++ book)"
+    )
     args = ap.parse_args()
 
     load_before = os.getloadavg()
@@ -403,12 +550,25 @@ def main() -> None:
             om_version = version("order-matching")
         except Exception:  # not installed: run murmur alone
             om_version = None
+    lob_version = None
+    if not args.no_lob:
+        try:
+            from importlib.metadata import version
+
+            import limit_order_book  # noqa: F401  (the ctypes library loads on import)
+
+            lob_version = version("limit-order-book")
+        except Exception:  # not installed, or its library does not load: go on without it
+            lob_version = None
     m = machine()
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     print(
         f"# book_ops  {now}  {m['host']}  {m['cpu']}  {cores} cores  python {platform.python_version()}"
     )
-    print(f"# {m['platform']}  order-matching {om_version or 'not installed'}")
+    print(
+        f"# {m['platform']}  order-matching {om_version or 'not installed'}  limit-order-book "
+        f"{lob_version or ('skipped' if args.no_lob else 'not installed: murmur runs without it')}"
+    )
     print(
         f"# load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}"
         f"  -> machine {'BUSY' if load_before[0] >= 0.75 else 'quiet'} ({cores} cores)"
@@ -438,6 +598,40 @@ def main() -> None:
             f"                traded volume {full['volume']:,}, live after {full['live_after']:,}"
         )
         res = {"ops_counts": counts, "murmur": full}
+        if lob_version:
+            cpp = bench_lob(warm, ops, args.repeat, full["state_after"])
+            if cpp["cancel_not_found"]:
+                print(
+                    f"limit-order-book: {cpp['cancel_not_found']} cancels found no live order in "
+                    "the checked run (the books disagree); not timed"
+                )
+            else:
+                same = cpp["state_after"] == full["state_after"]
+                print(
+                    f"limit-order-book {cpp['ops_per_s_best']:>9,} ops/s best, "
+                    f"{cpp['ops_per_s_median']:,} median (runs {cpp['ops_per_s_runs']}); "
+                    f"per-op-timed run {cpp['ops_per_s_timed_run']:,} ops/s"
+                )
+                print(f"                {fmt_lat(cpp['latency'])}")
+                st = full["state_after"]
+                print(
+                    f"same book after (live {st['live']} bid/ask, resting {st['resting']}, best "
+                    f"{st['best']}, top 10 levels): {'yes' if same else 'NO'}"
+                )
+                ratio = {
+                    "best": full["ops_per_s_best"] / cpp["ops_per_s_best"],
+                    "median": full["ops_per_s_median"] / cpp["ops_per_s_median"],
+                    "timed_run": full["ops_per_s_timed_run"] / cpp["ops_per_s_timed_run"],
+                }
+                print(
+                    f"murmur / limit-order-book: {ratio['best']:.2f} (best), {ratio['median']:.2f} "
+                    f"(median), {ratio['timed_run']:.2f} (per-op-timed runs)"
+                )
+                res.update(
+                    same_as_lob=same, murmur_over_lob={k: round(v, 3) for k, v in ratio.items()}
+                )
+            cpp.pop("state_after", None)
+            res["limit_order_book"] = cpp
         if om_version and args.om_ops:
             prefix = ops[: args.om_ops]
             mine = bench_murmur(warm, prefix, args.repeat)
@@ -466,10 +660,12 @@ def main() -> None:
             )
             for r in (mine, theirs):
                 r.pop("top_after")
+            mine.pop("state_after")
             res.update(
                 prefix_ops=len(prefix), murmur_prefix=mine, order_matching=theirs, same_outcome=same
             )
         full.pop("top_after")
+        full.pop("state_after")
         results[mix] = res
 
     load_after = os.getloadavg()
@@ -486,6 +682,7 @@ def main() -> None:
                 "machine": m,
                 "python": platform.python_version(),
                 "order_matching_version": om_version,
+                "limit_order_book_version": lob_version,
                 "seed": args.seed,
                 "warm_book": args.book,
                 "load_before": load_before,
