@@ -41,17 +41,22 @@ async def serve(nursery, app) -> str:
     return url
 
 
+async def guarded_exchange(nursery, tmp_path, ring):
+    """An exchange service behind its app, guarded under `ring` (None: insecure), served on
+    loopback: (url, service, guard)."""
+    service = ExchangeService(tmp_path, symbols=["AAPL"], lease_duration=5.0)
+    await nursery.start(service.run)
+    handle = PeerHandle(role="exchange", profile="local", node=FakeNode("exchange"))
+    app = create_app(handle, exchange_routes())
+    app.state.exchange = service
+    app.state.guard = peer_guard(handle, ring)
+    return await serve(nursery, app), service, app.state.guard
+
+
 @pytest.fixture
 async def exchange(tmp_path):
-    service = ExchangeService(tmp_path, symbols=["AAPL"], lease_duration=5.0)
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-        handle = PeerHandle(role="exchange", profile="local", node=FakeNode("exchange"))
-        app = create_app(handle, exchange_routes())
-        app.state.exchange = service
-        app.state.guard = peer_guard(handle, RING)
-        url = await serve(nursery, app)
-        yield url, service, app.state.guard
+        yield await guarded_exchange(nursery, tmp_path, RING)
         nursery.cancel_scope.cancel()
 
 
@@ -223,14 +228,8 @@ async def test_reservations_are_taken_only_for_the_callers_own_name(ledger):
 
 
 async def test_an_insecure_peer_verifies_nothing(tmp_path):
-    service = ExchangeService(tmp_path, symbols=["AAPL"], lease_duration=5.0)
     async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
-        handle = PeerHandle(role="exchange", profile="local", node=FakeNode("exchange"))
-        app = create_app(handle, exchange_routes())
-        app.state.exchange = service
-        app.state.guard = peer_guard(handle, None)
-        url = await serve(nursery, app)
+        url, _, _ = await guarded_exchange(nursery, tmp_path, None)
         async with HttpClient(url, sender="mm-2") as client:
             r = await client.post("/authority/AAPL/claim", json={"holder": "mm-1", "epoch": 1})
         assert r.status == 200
